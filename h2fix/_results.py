@@ -1,0 +1,103 @@
+"""The values h2fix hands back: per-fix outcomes, a rewrite, a runtime report."""
+
+from __future__ import annotations
+
+import difflib
+import enum
+from dataclasses import dataclass, field
+
+from ._errors import H2FixError
+
+
+class Outcome(str, enum.Enum):
+    """What happened to one fix. The value is the text shown to people."""
+
+    REWRITTEN = "rewritten"  # rewrite(): the fix changed the source
+    PENDING = "would be applied"  # status(): apply() would apply it
+    APPLIED = "applied"  # apply(): swapped in just now
+    ALREADY_APPLIED = "already applied"  # apply() ran before in this process
+    FIXED_UPSTREAM = "already fixed upstream"
+    NOT_APPLICABLE = "not applicable"
+    NOT_NEEDED = "not needed with this h2"
+    REFUSED = "refused"  # unrecognised structure; nothing changed for this fix
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def changes_code(self) -> bool:
+        return self in (Outcome.REWRITTEN, Outcome.PENDING, Outcome.APPLIED)
+
+
+@dataclass(frozen=True)
+class FixOutcome:
+    fix: str
+    outcome: Outcome
+    message: str
+    #: Qualified names of the functions this fix changed, e.g. "H2Protocol.stream_send".
+    functions: tuple[str, ...] = ()
+    error: H2FixError | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.fix}: {self.outcome} ({self.message})"
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """The result of `h2fix.rewrite`: the new source and what each fix did."""
+
+    original: str
+    source: str
+    outcomes: tuple[FixOutcome, ...]
+
+    @property
+    def changed(self) -> bool:
+        return self.source != self.original
+
+    @property
+    def changed_functions(self) -> tuple[str, ...]:
+        names: dict[str, None] = {}
+        for outcome in self.outcomes:
+            names.update(dict.fromkeys(outcome.functions))
+        return tuple(names)
+
+    @property
+    def refusals(self) -> tuple[H2FixError, ...]:
+        return tuple(o.error for o in self.outcomes if o.error is not None)
+
+    def diff(self, fromfile: str = "a", tofile: str = "b") -> str:
+        """A unified diff from the original to the rewritten source ("" if unchanged)."""
+        return "".join(
+            difflib.unified_diff(
+                self.original.splitlines(keepends=True),
+                self.source.splitlines(keepends=True),
+                fromfile,
+                tofile,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `apply()` did or what `status()` says it would do, for one target."""
+
+    target: str
+    module: str
+    version: str
+    file: str
+    fixes: tuple[FixOutcome, ...]
+
+    @property
+    def changed(self) -> bool:
+        """True when this call swapped code in."""
+        return any(f.outcome is Outcome.APPLIED for f in self.fixes)
+
+    @property
+    def pending(self) -> bool:
+        """True when some fix would still change the running code."""
+        return any(f.outcome is Outcome.PENDING for f in self.fixes)
+
+    def __str__(self) -> str:
+        lines = [f"{self.target} {self.version} ({self.file})"]
+        lines += [f"  {fix}" for fix in self.fixes]
+        return "\n".join(lines)

@@ -1,0 +1,316 @@
+"""The runtime shell: compile the rewritten source and swap the changed functions in.
+
+All or nothing: every check and every compile happens before the first swap,
+and the swaps of one call happen under one lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import linecache
+import logging
+import threading
+import types
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import fixes as _fixes
+from ._errors import (
+    FunctionReplacedError,
+    SourceChangedError,
+    TargetNotFoundError,
+    UnrecognisedStructureError,
+)
+from ._results import FixOutcome, Outcome, Report, Rewrite
+from ._rewrite import rewrite
+from ._targets import Located, locate
+
+logger = logging.getLogger("h2fix")
+
+# One lock for all targets: apply() is rare and fast, simplicity wins.
+_lock = threading.RLock()
+
+
+@dataclass(frozen=True)
+class _Applied:
+    fixes: frozenset[str]
+    #: qualname -> the function that was there before h2fix touched it
+    originals: dict[str, types.FunctionType]
+    #: qualname -> the function h2fix put there
+    patched: dict[str, types.FunctionType]
+    #: The linecache key holding the rewritten source.
+    filename: str
+    outcomes: tuple[FixOutcome, ...]
+
+
+_applied: dict[str, _Applied] = {}
+
+
+def apply(
+    target: str = "hypercorn", fixes: Iterable[str] | None = None, strict: bool = True
+) -> Report:
+    """Repair the installed target in this process. Idempotent and thread-safe.
+
+    With strict=True a fix that does not recognise the code raises and nothing
+    changes; with strict=False it is logged, reported as refused, and the
+    other fixes are applied.
+    """
+    wanted = frozenset(fix.name for fix in _fixes.select(fixes))
+    with _lock:
+        located = locate(target)
+        module = _import(located)
+        state = _applied.get(target)
+        if state is not None:
+            for qualname, function in state.patched.items():
+                _expect_ours(module, qualname, function, located.file)
+            if wanted <= state.fixes:
+                return _report(located, _previously_applied(state.outcomes, wanted))
+            # A wider set than before: rewrite the original with both sets.
+            wanted |= state.fixes
+
+        result = rewrite(located.source, wanted, strict=False)
+        _handle_refusals(result, strict)
+        if not result.changed:
+            return _report(located, result.outcomes)
+
+        filename = f"{located.file} (patched by h2fix)"
+        replacements = _compile_replacements(result, located, module, filename, state)
+        _swap(module, replacements)
+        originals = dict(state.originals) if state else {}
+        for qualname in replacements:
+            originals.setdefault(qualname, _live(module, qualname, located.file))
+        before = state.fixes if state else frozenset()
+        outcomes = tuple(
+            replace(o, outcome=Outcome.ALREADY_APPLIED if o.fix in before else Outcome.APPLIED)
+            if o.outcome is Outcome.REWRITTEN
+            else o
+            for o in result.outcomes
+        )
+        # Forget the previous text only after the new one is in place.
+        if state is not None:
+            linecache.cache.pop(state.filename, None)
+        _register_source(filename, result.source)
+        _applied[target] = _Applied(
+            fixes=frozenset(o.fix for o in result.outcomes if o.outcome is Outcome.REWRITTEN),
+            originals=originals,
+            patched=replacements,
+            filename=filename,
+            outcomes=outcomes,
+        )
+        logger.debug("h2fix applied to %s %s: %s", target, located.version, outcomes)
+        return _report(located, outcomes)
+
+
+def revert(target: str = "hypercorn") -> None:
+    """Put back the exact function objects apply() replaced. A no-op if none were."""
+    with _lock:
+        state = _applied.get(target)
+        if state is None:
+            return
+        module = _import(locate(target))
+        file = getattr(module, "__file__", None) or "?"
+        for qualname, function in state.patched.items():
+            _expect_ours(module, qualname, function, file)
+        _swap(module, state.originals)
+        linecache.cache.pop(state.filename, None)
+        del _applied[target]
+
+
+def status(target: str = "hypercorn", fixes: Iterable[str] | None = None) -> Report:
+    """What apply() would do now. Changes nothing and never raises for a refusal."""
+    wanted = [fix.name for fix in _fixes.select(fixes)]
+    with _lock:
+        located = locate(target)
+        state = _applied.get(target)
+        result = rewrite(located.source, wanted, strict=False)
+    done = state.fixes if state else frozenset()
+    outcomes = tuple(
+        replace(o, outcome=Outcome.ALREADY_APPLIED if o.fix in done else Outcome.PENDING)
+        if o.outcome is Outcome.REWRITTEN
+        else o
+        for o in result.outcomes
+    )
+    return _report(located, outcomes)
+
+
+@contextlib.contextmanager
+def patched(target: str = "hypercorn", fixes: Iterable[str] | None = None) -> Iterator[Report]:
+    """Apply on entry; on exit revert, unless it had been applied before entry."""
+    report = apply(target, fixes)
+    try:
+        yield report
+    finally:
+        if report.changed:
+            revert(target)
+
+
+def patch_h2_protocol_minimal(target: str = "hypercorn") -> Report:
+    """The trailers fix only."""
+    return apply(target, fixes=["trailers"])
+
+
+def patch_h2_protocol(target: str = "hypercorn") -> Report:
+    """Every fix the installed versions need."""
+    return apply(target)
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def _import(located: Located) -> types.ModuleType:
+    try:
+        return importlib.import_module(located.target.module)
+    except ImportError as error:
+        raise TargetNotFoundError(located.target.name, located.target.module, str(error)) from error
+
+
+def _report(located: Located, outcomes: Iterable[FixOutcome]) -> Report:
+    return Report(
+        target=located.target.name,
+        module=located.target.module,
+        version=located.version,
+        file=located.file,
+        fixes=tuple(outcomes),
+    )
+
+
+def _previously_applied(
+    outcomes: tuple[FixOutcome, ...], wanted: frozenset[str]
+) -> tuple[FixOutcome, ...]:
+    return tuple(
+        replace(o, outcome=Outcome.ALREADY_APPLIED) if o.outcome is Outcome.APPLIED else o
+        for o in outcomes
+        if o.fix in wanted
+    )
+
+
+def _handle_refusals(result: Rewrite, strict: bool) -> None:
+    refusals = result.refusals
+    if refusals and strict:
+        raise refusals[0]
+    for error in refusals:
+        logger.warning("h2fix: %s", error)
+
+
+def _owner_and_name(module: types.ModuleType, qualname: str) -> tuple[Any, str]:
+    *path, name = qualname.split(".")
+    owner: Any = module
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, name
+
+
+def _live(module: types.ModuleType, qualname: str, file: str) -> types.FunctionType:
+    """The function object currently stored under `qualname` (not inherited)."""
+    owner, name = _owner_and_name(module, qualname)
+    function = vars(owner).get(name)
+    if not isinstance(function, types.FunctionType):
+        raise FunctionReplacedError(qualname, file, f"{function!r} in its place")
+    return function
+
+
+def _expect_ours(
+    module: types.ModuleType, qualname: str, ours: types.FunctionType, file: str
+) -> None:
+    live = _live(module, qualname, file)
+    if live is not ours:
+        raise FunctionReplacedError(qualname, f"{file} as patched by h2fix", _describe(live))
+
+
+def _describe(function: types.FunctionType) -> str:
+    code = function.__code__
+    where = f"{code.co_filename}:{code.co_firstlineno}"
+    return f"{function.__module__}.{function.__qualname__} from {where}"
+
+
+def _code_at(module_code: types.CodeType, qualname: str) -> types.CodeType | None:
+    """The code object of the function `qualname` defined in `module_code`."""
+    code = module_code
+    for part in qualname.split("."):
+        # The last definition of a name is the one the class or module keeps.
+        candidates = [
+            c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == part
+        ]
+        if not candidates:
+            return None
+        code = candidates[-1]
+    return code
+
+
+def _compile_replacements(
+    result: Rewrite,
+    located: Located,
+    module: types.ModuleType,
+    filename: str,
+    state: _Applied | None,
+) -> dict[str, types.FunctionType]:
+    # dont_inherit: h2fix's own `from __future__` flags must not leak into the target.
+    original_code = compile(result.original, located.file, "exec", dont_inherit=True)
+    new_code = compile(result.source, filename, "exec", dont_inherit=True)
+    replacements = {}
+    for qualname in result.changed_functions:
+        if state is not None and qualname in state.originals:
+            original = state.originals[qualname]
+        else:
+            original = _live(module, qualname, located.file)
+            _expect_defined_in_file(original, original_code, qualname, located)
+        code = _code_at(new_code, qualname)
+        if code is None or code.co_freevars != original.__code__.co_freevars:
+            raise UnrecognisedStructureError(
+                ",".join(o.fix for o in result.outcomes if qualname in o.functions),
+                qualname,
+                "the rewritten function to compile to one function of the same closure",
+                "no such function" if code is None else f"free variables {code.co_freevars}",
+            )
+        replacements[qualname] = _rebuild(original, code)
+    return replacements
+
+
+def _expect_defined_in_file(
+    live: types.FunctionType, module_code: types.CodeType, qualname: str, located: Located
+) -> None:
+    """Refuse unless `live` is what the file on disk defines, so we never patch a stranger."""
+    disk = _code_at(module_code, qualname)
+    if disk is not None and live.__code__ == disk:
+        return
+    if live.__code__.co_filename != located.file or live.__qualname__ != qualname:
+        raise FunctionReplacedError(qualname, located.file, _describe(live))
+    raise SourceChangedError(located.target.module, located.file, qualname)
+
+
+def _rebuild(original: types.FunctionType, code: types.CodeType) -> types.FunctionType:
+    """A new function running `code`, otherwise indistinguishable from `original`."""
+    function = types.FunctionType(
+        code, original.__globals__, original.__name__, original.__defaults__, original.__closure__
+    )
+    function.__kwdefaults__ = (
+        dict(original.__kwdefaults__) if original.__kwdefaults__ is not None else None
+    )
+    function.__annotations__ = dict(original.__annotations__)
+    function.__doc__ = original.__doc__
+    function.__qualname__ = original.__qualname__
+    function.__module__ = original.__module__
+    function.__dict__.update(original.__dict__)
+    if hasattr(original, "__type_params__"):  # Python 3.12+
+        setattr(function, "__type_params__", original.__type_params__)  # noqa: B010
+    return function
+
+
+def _swap(module: types.ModuleType, functions: dict[str, types.FunctionType]) -> None:
+    done: list[tuple[Any, str, Any]] = []
+    try:
+        for qualname, function in functions.items():
+            owner, name = _owner_and_name(module, qualname)
+            done.append((owner, name, vars(owner)[name]))
+            setattr(owner, name, function)
+    except BaseException:
+        for owner, name, previous in reversed(done):
+            setattr(owner, name, previous)
+        raise
+
+
+def _register_source(filename: str, source: str) -> None:
+    # mtime None: linecache.checkcache() keeps the entry, as for sources it cannot stat.
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)

@@ -1,0 +1,88 @@
+"""Where the code to repair lives: the known servers, their module, version and source."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import SourceUnavailableError, TargetNotFoundError, UnknownTargetError
+
+
+@dataclass(frozen=True)
+class Target:
+    #: The distribution name, which is also the top-level package.
+    name: str
+    #: The module whose source the fixes rewrite.
+    module: str
+
+
+TARGETS: dict[str, Target] = {
+    target.name: target
+    for target in (
+        Target("hypercorn", "hypercorn.protocol.h2"),
+        # The anyio fork keeps Hypercorn's layout under its own package name.
+        Target("anycorn", "anycorn.protocol.h2"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Located:
+    """An installed target's module: where it is and what its source says."""
+
+    target: Target
+    version: str
+    file: str
+    source: str
+
+    @property
+    def relative_file(self) -> str:
+        """The file's path below its sys.path entry, e.g. hypercorn/protocol/h2.py."""
+        depth = self.target.module.count(".")
+        path = Path(self.file)
+        return "/".join(path.parts[-(depth + 1) :])
+
+
+def get_target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise UnknownTargetError(name, list(TARGETS)) from None
+
+
+def locate(name: str) -> Located:
+    """Find an installed target's module without executing it."""
+    target = get_target(name)
+    try:
+        # Imports the parent packages (hypercorn, hypercorn.protocol), not the module.
+        spec = importlib.util.find_spec(target.module)
+    except ImportError as error:
+        raise TargetNotFoundError(target.name, target.module, str(error)) from error
+    if spec is None:
+        raise TargetNotFoundError(target.name, target.module, "no such module")
+    origin = spec.origin
+    if origin is None or not origin.endswith(".py"):
+        raise SourceUnavailableError(
+            target.module, origin, "only bytecode is installed, there is no .py file"
+        )
+    try:
+        version = importlib.metadata.version(target.name)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return Located(target, version, origin, read_source(target.module, origin))
+
+
+def read_source(module: str, path: str) -> str:
+    """A Python file's text, decoded as the interpreter would (encoding cookie, BOM)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise SourceUnavailableError(
+            module, path, f"it cannot be read ({error.strerror or error})"
+        ) from error
+    try:
+        return importlib.util.decode_source(data)
+    except (SyntaxError, UnicodeDecodeError) as error:
+        raise SourceUnavailableError(module, path, f"it cannot be decoded ({error})") from error

@@ -1,0 +1,62 @@
+"""The table of known faults, one module per fix.
+
+The table is plain data so that `import h2fix` and the start-up path never
+import libcst; a fix's module is imported only when a rewrite runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from .._errors import UnknownFixError
+
+if TYPE_CHECKING:
+    import libcst as cst
+
+    from .._environment import Environment
+    from .._results import FixOutcome
+
+    #: A fix takes a parsed module and returns it (changed or not) with its outcome.
+    FixFunction = Callable[[cst.Module, Environment], "tuple[cst.Module, FixOutcome]"]
+
+
+@dataclass(frozen=True)
+class Fix:
+    name: str
+    description: str
+    upstream: str
+    #: Module that defines `fix(tree, environment)`; imported on first use.
+    module: str
+
+    def load(self) -> FixFunction:
+        function: FixFunction = importlib.import_module(self.module).fix
+        return function
+
+
+FIXES: tuple[Fix, ...] = (
+    Fix(
+        name="trailers",
+        description=(
+            "send response trailers after the buffered DATA, with END_STREAM "
+            "(gRPC status never arrives otherwise)"
+        ),
+        upstream="https://github.com/pgjones/hypercorn/issues/254",
+        module="h2fix.fixes.trailers",
+    ),
+)
+
+
+def select(names: Iterable[str] | None) -> tuple[Fix, ...]:
+    """The fixes named (in table order), or all of them for None."""
+    if names is None:
+        return FIXES
+    by_name = {fix.name: fix for fix in FIXES}
+    wanted = set()
+    for name in names:
+        if name not in by_name:
+            raise UnknownFixError(name, list(by_name))
+        wanted.add(name)
+    return tuple(fix for fix in FIXES if fix.name in wanted)

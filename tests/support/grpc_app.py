@@ -1,0 +1,81 @@
+"""A gRPC service written as a bare ASGI app: length-prefixed messages and trailers.
+
+It speaks the gRPC wire format by hand so the tests need no generated code:
+each request and response message is 1 flag byte, a 4-byte big-endian length
+and the payload. Methods (all take one message):
+
+    /test.Test/Echo      unary: returns the request
+    /test.Test/Big       unary: returns int(request) bytes
+    /test.Test/Stream    server stream: int(request) messages b"0", b"1", ...
+    /test.Test/Fail      unary: NOT_FOUND with a grpc-message
+    /test.Test/Metadata  unary: echoes, with custom trailing metadata
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+NOT_FOUND = 5
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">?I", False, len(payload)) + payload
+
+
+def unframe(data: bytes) -> list[bytes]:
+    messages = []
+    while data:
+        (length,) = struct.unpack(">I", data[1:5])
+        messages.append(data[5 : 5 + length])
+        data = data[5 + length :]
+    return messages
+
+
+def _handle(path: str, request: bytes) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+    ok = [(b"grpc-status", b"0")]
+    if path == "/test.Test/Echo":
+        return [request], ok
+    if path == "/test.Test/Big":
+        return [b"x" * int(request)], ok
+    if path == "/test.Test/Stream":
+        return [str(i).encode() for i in range(int(request))], ok
+    if path == "/test.Test/Fail":
+        return [], [(b"grpc-status", b"%d" % NOT_FOUND), (b"grpc-message", b"no such thing")]
+    if path == "/test.Test/Metadata":
+        return [request], [*ok, (b"x-served-by", b"h2fix-tests"), (b"x-count", b"42")]
+    return [], [(b"grpc-status", b"12"), (b"grpc-message", b"unimplemented")]
+
+
+async def app(scope: Scope, receive: Callable[[], Any], send: Callable[[Message], Any]) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    requests = unframe(body)
+    responses, trailers = _handle(scope["path"], requests[0] if requests else b"")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/grpc")],
+            "trailers": True,
+        }
+    )
+    for payload in responses:
+        await send({"type": "http.response.body", "body": frame(payload), "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})

@@ -1,0 +1,96 @@
+"""A real grpcio client against a real Hypercorn / anycorn repaired by h2fix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from support.servers import serving
+
+pytestmark = pytest.mark.server
+
+# Set to 1 to serve without the fix: every test below then fails (see README).
+WITH_FIX = os.environ.get("H2FIX_TEST_WITHOUT_FIX", "") != "1"
+TIMEOUT = 20
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("hypercorn", "asyncio"), ("hypercorn", "trio"), ("anycorn", "asyncio")],
+    ids=["hypercorn-asyncio", "hypercorn-trio", "anycorn-asyncio"],
+)
+def channel(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[grpc.Channel]:
+    target, worker_class = request.param
+    with (
+        serving(tmp_path_factory.mktemp("server"), target, worker_class, fix=WITH_FIX) as port,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield channel
+
+
+def unary(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable:
+    return channel.unary_unary(f"/test.Test/{method}")
+
+
+def test_unary_echo(channel: grpc.Channel) -> None:
+    assert unary(channel, "Echo")(b"hello", timeout=TIMEOUT) == b"hello"
+
+
+def test_response_beyond_flow_control_window(channel: grpc.Channel) -> None:
+    size = 3 * 1024 * 1024  # the default windows are 64 KiB: most of it waits buffered
+    assert unary(channel, "Big")(str(size).encode(), timeout=TIMEOUT) == b"x" * size
+
+
+def test_server_stream_of_50(channel: grpc.Channel) -> None:
+    stream = channel.unary_stream("/test.Test/Stream")
+    assert list(stream(b"50", timeout=TIMEOUT)) == [str(i).encode() for i in range(50)]
+
+
+def test_empty_server_stream(channel: grpc.Channel) -> None:
+    call = channel.unary_stream("/test.Test/Stream")(b"0", timeout=TIMEOUT)
+    assert list(call) == []
+    assert call.code() is grpc.StatusCode.OK
+
+
+def test_error_status_with_message(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        unary(channel, "Fail")(b"", timeout=TIMEOUT)
+    error = caught.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() is grpc.StatusCode.NOT_FOUND
+    assert error.details() == "no such thing"
+
+
+def test_custom_trailing_metadata(channel: grpc.Channel) -> None:
+    response, call = unary(channel, "Metadata").with_call(b"meta", timeout=TIMEOUT)
+    assert response == b"meta"
+    trailing = dict(call.trailing_metadata())
+    assert trailing["x-served-by"] == "h2fix-tests"
+    assert trailing["x-count"] == "42"
+
+
+def test_200_concurrent_calls_then_one_more(channel: grpc.Channel) -> None:
+    echo = unary(channel, "Echo")
+    futures = [echo.future(b"call %d" % i, timeout=TIMEOUT) for i in range(200)]
+    assert [f.result() for f in futures] == [b"call %d" % i for i in range(200)]
+    assert echo(b"after", timeout=TIMEOUT) == b"after"
+
+
+def test_unpatched_server_fails_as_measured(tmp_path: Path) -> None:
+    """Control: the same client against stock 0.17.3 fails, so the tests above can fail."""
+    with (
+        serving(tmp_path, fix=False) as port,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            unary(channel, "Echo")(b"hello", timeout=TIMEOUT)
+        error = caught.value
+        assert isinstance(error, grpc.Call)
+        assert error.code() is grpc.StatusCode.UNKNOWN
+        assert "END_STREAM" in (error.details() or "")
