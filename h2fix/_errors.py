@@ -35,8 +35,7 @@ class TargetNotFoundError(H2FixError, ImportError):
         self.module = module
         self.reason = reason
         super().__init__(
-            f"{target} is not installed: cannot import {module} ({reason}); "
-            f"pip install {target}",
+            f"{target} is not installed: cannot import {module} ({reason}); pip install {target}",
             name=module,
         )
 

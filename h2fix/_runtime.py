@@ -77,10 +77,10 @@ def apply(
 
         filename = f"{located.file} (patched by h2fix)"
         replacements = _compile_replacements(result, located, module, filename, state)
-        _swap(module, replacements)
         originals = dict(state.originals) if state else {}
         for qualname in replacements:
             originals.setdefault(qualname, _live(module, qualname, located.file))
+        _swap(module, replacements)
         before = state.fixes if state else frozenset()
         outcomes = tuple(
             replace(o, outcome=Outcome.ALREADY_APPLIED if o.fix in before else Outcome.APPLIED)

@@ -48,11 +48,7 @@ _ISINSTANCE_TRAILERS_AMONG_OTHERS = m.Call(
     func=m.Name("isinstance"),
     args=[
         m.Arg(),
-        m.Arg(
-            value=m.Tuple(
-                elements=[m.ZeroOrMore(), m.Element(_TRAILERS_CLASS), m.ZeroOrMore()]
-            )
-        ),
+        m.Arg(value=m.Tuple(elements=[m.ZeroOrMore(), m.Element(_TRAILERS_CLASS), m.ZeroOrMore()])),
     ],
 )
 _SEND_HEADERS = m.Call(func=m.Attribute(attr=m.Name("send_headers")))
@@ -161,9 +157,7 @@ class _TrailersTransformer(cst.CSTTransformer):
             )
         return updated_node
 
-    def _fixed_body(
-        self, branch: cst.If, body: cst.BaseSuite
-    ) -> cst.BaseSuite | None:
+    def _fixed_body(self, branch: cst.If, body: cst.BaseSuite) -> cst.BaseSuite | None:
         """The branch body with the fix in place, or None when it must not change."""
         sends = bool(m.findall(body, _SEND_HEADERS))
         record = _Branch(self.where, self._code(branch), sends)
@@ -240,9 +234,7 @@ class _TrailersTransformer(cst.CSTTransformer):
         return method, params[0].name.value
 
     @staticmethod
-    def _present_steps(
-        statements: Sequence[cst.BaseStatement], self_name: str
-    ) -> dict[_Step, int]:
+    def _present_steps(statements: Sequence[cst.BaseStatement], self_name: str) -> dict[_Step, int]:
         present: dict[_Step, int] = {}
         for index, statement in enumerate(statements):
             for step in _STEPS:
@@ -283,6 +275,13 @@ class _TrailersTransformer(cst.CSTTransformer):
                 self._refuse("end_stream given as the literal True or False", branch)
             args[slot[0]] = args[slot[0]].with_changes(value=cst.Name("True"))
             return call.with_changes(args=args)
+        # The new argument takes the last one's place at the end of the call (its
+        # trailing comma and the white space before ")"); the last one gets the
+        # separator the call already uses between arguments.
+        last = args[-1]
+        separator = args[-2].comma if len(args) > 1 else cst.MaybeSentinel.DEFAULT
+        if not isinstance(separator, cst.Comma):
+            separator = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
         new_arg = cst.Arg(
             keyword=cst.Name("end_stream"),
             value=cst.Name("True"),
@@ -290,16 +289,10 @@ class _TrailersTransformer(cst.CSTTransformer):
                 whitespace_before=cst.SimpleWhitespace(""),
                 whitespace_after=cst.SimpleWhitespace(""),
             ),
-            # Takes over the last argument's trailing comma, if the call has one.
-            comma=args[-1].comma,
+            comma=last.comma,
+            whitespace_after_arg=last.whitespace_after_arg,
         )
-        last_comma = args[-1].comma
-        if not (
-            isinstance(last_comma, cst.Comma)
-            and isinstance(last_comma.whitespace_after, cst.ParenthesizedWhitespace)
-        ):
-            last_comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-        args[-1] = args[-1].with_changes(comma=last_comma)
+        args[-1] = last.with_changes(comma=separator, whitespace_after_arg=cst.SimpleWhitespace(""))
         return call.with_changes(args=[*args, new_arg])
 
     def _class_names(self, method: cst.FunctionDef, branch: cst.If) -> dict[_Step, str]:
@@ -402,7 +395,6 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
     return new_tree, FixOutcome(
         NAME,
         Outcome.REWRITTEN,
-        f"{branch.where} now drains the stream's buffer, then sends the trailers "
-        "with END_STREAM",
+        f"{branch.where} now drains the stream's buffer, then sends the trailers with END_STREAM",
         functions=(branch.where,),
     )

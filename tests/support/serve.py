@@ -1,6 +1,6 @@
 """Serve the test gRPC app with a real Hypercorn or anycorn, optionally repaired by h2fix.
 
-    python -m support.serve --target hypercorn --worker-class trio --port 8000 --fix
+python -m support.serve --target hypercorn --worker-class trio --port 8000 --fix
 """
 
 from __future__ import annotations

@@ -1,0 +1,47 @@
+"""Real releases' sources, downloaded from the package registry at test time.
+
+Wheels are cached (H2FIX_TEST_CACHE, default ~/.cache/h2fix-tests) and never
+committed: h2fix carries facts about these files, not their code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+CACHE = Path(os.environ.get("H2FIX_TEST_CACHE", Path.home() / ".cache" / "h2fix-tests"))
+
+
+def wheel(distribution: str, version: str) -> Path:
+    folder = CACHE / "wheels"
+    pattern = f"{distribution}-{version}-*.whl"
+    found = sorted(folder.glob(pattern))
+    if not found:
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                "--only-binary=:all:", "--dest", str(folder), f"{distribution}=={version}",
+            ],
+            check=True,
+        )  # fmt: skip
+        found = sorted(folder.glob(pattern))
+    return found[0]
+
+
+def h2_source(distribution: str, version: str) -> str:
+    """The release's protocol/h2.py."""
+    with zipfile.ZipFile(wheel(distribution, version)) as archive:
+        return archive.read(f"{distribution}/protocol/h2.py").decode()
+
+
+def unpacked(distribution: str, version: str) -> Path:
+    """The whole wheel unpacked into the cache: a directory to put first on sys.path."""
+    target = CACHE / "unpacked" / f"{distribution}-{version}"
+    if not (target / distribution).is_dir():
+        with zipfile.ZipFile(wheel(distribution, version)) as archive:
+            archive.extractall(target)
+    return target

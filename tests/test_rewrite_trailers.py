@@ -1,0 +1,375 @@
+"""The `trailers` fix as tables of (before, after), no-op and refusal cases."""
+
+from __future__ import annotations
+
+import textwrap
+
+import libcst as cst
+import pytest
+
+import h2fix
+from h2fix import Outcome, UnrecognisedStructureError
+
+
+def module(trailers_branch: str, *, end_of_body: bool = True, first: str = "") -> str:
+    """A protocol class in Hypercorn's shape with the given Trailers branch."""
+    end = textwrap.dedent(
+        """\
+        elif isinstance(event, (EndBody, EndData)):
+            self.stream_buffers[event.stream_id].set_complete()
+            self.priority.unblock(event.stream_id)
+            await self.has_data.set()
+            await self.stream_buffers[event.stream_id].drain()
+        """
+    )
+    if not end_of_body:
+        end = "elif isinstance(event, (EndBody, EndData)):\n    pass\n"
+    branches = [textwrap.dedent(trailers_branch), end]
+    if first == "trailers-last":
+        branches.reverse()
+    chain = "".join(branches).replace("elif", "if", 1)
+    body = textwrap.indent(chain, " " * 12)
+    return (
+        "from .events import EndBody, EndData, Trailers\n\n\n"
+        "class H2Protocol:\n"
+        "    def __init__(self) -> None:\n"
+        "        self.connection = None\n\n"
+        "    async def stream_send(self, event):\n"
+        "        try:\n"
+        f"{body}"
+        "        except KeyError:\n"
+        "            return\n"
+    )
+
+
+FIXED = """\
+elif isinstance(event, Trailers):
+    self.priority.unblock(event.stream_id)
+    await self.has_data.set()
+    await self.stream_buffers[event.stream_id].drain()
+    self.connection.send_headers(event.stream_id, event.headers, end_stream=True)
+    await self._flush()
+"""
+
+REWRITES = {
+    "hypercorn-0.17": (
+        """\
+        elif isinstance(event, Trailers):
+            self.connection.send_headers(event.stream_id, event.headers)
+            await self._flush()
+        """,
+        FIXED,
+    ),
+    "tuple-isinstance": (
+        """\
+        elif isinstance(event, (Trailers,)):
+            self.connection.send_headers(event.stream_id, event.headers)
+        """,
+        """\
+        elif isinstance(event, (Trailers,)):
+            self.priority.unblock(event.stream_id)
+            await self.has_data.set()
+            await self.stream_buffers[event.stream_id].drain()
+            self.connection.send_headers(event.stream_id, event.headers, end_stream=True)
+        """,
+    ),
+    "qualified-class": (
+        """\
+        elif isinstance(event, events.Trailers):
+            self.connection.send_headers(event.stream_id, event.headers)
+        """,
+        """\
+        elif isinstance(event, events.Trailers):
+            self.priority.unblock(event.stream_id)
+            await self.has_data.set()
+            await self.stream_buffers[event.stream_id].drain()
+            self.connection.send_headers(event.stream_id, event.headers, end_stream=True)
+        """,
+    ),
+    "reformatted-call-trailing-comma": (
+        """\
+        elif isinstance(event, Trailers):
+            self.connection.send_headers(
+                event.stream_id,
+                event.headers,
+            )
+        """,
+        """\
+        elif isinstance(event, Trailers):
+            self.priority.unblock(event.stream_id)
+            await self.has_data.set()
+            await self.stream_buffers[event.stream_id].drain()
+            self.connection.send_headers(
+                event.stream_id,
+                event.headers,
+                end_stream=True,
+            )
+        """,
+    ),
+    "wrapped-call-no-trailing-comma": (
+        """\
+        elif isinstance(event, Trailers):
+            self.connection.send_headers(
+                event.stream_id, event.headers
+            )
+        """,
+        """\
+        elif isinstance(event, Trailers):
+            self.priority.unblock(event.stream_id)
+            await self.has_data.set()
+            await self.stream_buffers[event.stream_id].drain()
+            self.connection.send_headers(
+                event.stream_id, event.headers, end_stream=True
+            )
+        """,
+    ),
+    "keyword-arguments": (
+        """\
+        elif isinstance(event, Trailers):
+            self.connection.send_headers(headers=h, stream_id=event.stream_id)
+        """,
+        """\
+        elif isinstance(event, Trailers):
+            self.priority.unblock(event.stream_id)
+            await self.has_data.set()
+            await self.stream_buffers[event.stream_id].drain()
+            self.connection.send_headers(headers=h, stream_id=event.stream_id, end_stream=True)
+        """,
+    ),
+    "explicit-end-stream-false": (
+        """\
+        elif isinstance(event, Trailers):
+            self.connection.send_headers(event.stream_id, event.headers, end_stream=False)
+        """,
+        """\
+        elif isinstance(event, Trailers):
+            self.priority.unblock(event.stream_id)
+            await self.has_data.set()
+            await self.stream_buffers[event.stream_id].drain()
+            self.connection.send_headers(event.stream_id, event.headers, end_stream=True)
+        """,
+    ),
+    "positional-end-stream-false": (
+        """\
+        elif isinstance(event, Trailers):
+            self.connection.send_headers(event.stream_id, event.headers, False)
+        """,
+        """\
+        elif isinstance(event, Trailers):
+            self.priority.unblock(event.stream_id)
+            await self.has_data.set()
+            await self.stream_buffers[event.stream_id].drain()
+            self.connection.send_headers(event.stream_id, event.headers, True)
+        """,
+    ),
+    "half-fixed-end-stream-only": (
+        """\
+        elif isinstance(event, Trailers):
+            self.connection.send_headers(event.stream_id, event.headers, end_stream=True)
+            await self._flush()
+        """,
+        FIXED,
+    ),
+    "half-fixed-drain-only": (
+        """\
+        elif isinstance(event, Trailers):
+            self.priority.unblock(event.stream_id)
+            await self.has_data.set()
+            await self.stream_buffers[event.stream_id].drain()
+            self.connection.send_headers(event.stream_id, event.headers)
+            await self._flush()
+        """,
+        FIXED,
+    ),
+    "half-fixed-middle-step-missing": (
+        """\
+        elif isinstance(event, Trailers):
+            self.priority.unblock(event.stream_id)
+            await self.stream_buffers[event.stream_id].drain()
+            self.connection.send_headers(event.stream_id, event.headers)
+            await self._flush()
+        """,
+        FIXED,
+    ),
+    "renamed-event-variable": (
+        """\
+        elif isinstance(ev, Trailers):
+            self.connection.send_headers(ev.stream_id, ev.headers)
+        """,
+        """\
+        elif isinstance(ev, Trailers):
+            self.priority.unblock(ev.stream_id)
+            await self.has_data.set()
+            await self.stream_buffers[ev.stream_id].drain()
+            self.connection.send_headers(ev.stream_id, ev.headers, end_stream=True)
+        """,
+    ),
+    "comments-kept": (
+        """\
+        elif isinstance(event, Trailers):  # HTTP/2 trailers
+            # h2 encodes the block here
+            self.connection.send_headers(event.stream_id, event.headers)  # send
+            await self._flush()
+        """,
+        """\
+        elif isinstance(event, Trailers):  # HTTP/2 trailers
+            self.priority.unblock(event.stream_id)
+            await self.has_data.set()
+            await self.stream_buffers[event.stream_id].drain()
+            # h2 encodes the block here
+            self.connection.send_headers(event.stream_id, event.headers, end_stream=True)  # send
+            await self._flush()
+        """,
+    ),
+}
+
+
+@pytest.mark.parametrize(("before", "after"), REWRITES.values(), ids=REWRITES.keys())
+def test_rewrites(before: str, after: str) -> None:
+    expected = module(after)
+    cst.parse_module(expected)  # every expected output is itself valid Python
+    result = h2fix.rewrite(module(before), ["trailers"])
+    assert result.source == expected
+    [outcome] = result.outcomes
+    assert outcome.outcome is Outcome.REWRITTEN
+    assert outcome.functions == ("H2Protocol.stream_send",)
+
+
+def test_branch_order_changed() -> None:
+    before, after = REWRITES["hypercorn-0.17"]
+    result = h2fix.rewrite(module(before, first="trailers-last"), ["trailers"])
+    assert result.source == module(after, first="trailers-last")
+
+
+def test_attribute_names_come_from_the_class() -> None:
+    before = module(REWRITES["hypercorn-0.17"][0])
+    renamed = (
+        before.replace(".priority.", ".prio.")
+        .replace(".has_data.", ".wakeup.")
+        .replace(".stream_buffers[", ".buffers[")
+        .replace("(self, event)", "(this, event)")
+        .replace("self.", "this.")
+    )
+    result = h2fix.rewrite(renamed, ["trailers"])
+    assert "this.prio.unblock(event.stream_id)\n" in result.source
+    assert "await this.wakeup.set()\n" in result.source
+    assert "await this.buffers[event.stream_id].drain()\n" in result.source
+
+
+def test_init_confirms_default_names_when_no_end_of_body_block() -> None:
+    before = module(REWRITES["hypercorn-0.17"][0], end_of_body=False).replace(
+        "        self.connection = None\n",
+        "        self.connection = None\n        self.priority = object()\n"
+        "        self.has_data = object()\n        self.stream_buffers = {}\n",
+    )
+    result = h2fix.rewrite(before, ["trailers"])
+    assert "await self.stream_buffers[event.stream_id].drain()" in result.source
+
+
+NOOPS = {
+    "already-fixed-upstream": (FIXED, Outcome.FIXED_UPSTREAM),
+    "no-trailers-support": (
+        "elif isinstance(event, Body):\n    pass\n",
+        Outcome.NOT_APPLICABLE,
+    ),
+}
+
+
+@pytest.mark.parametrize(("branch", "outcome"), NOOPS.values(), ids=NOOPS.keys())
+def test_noops(branch: str, outcome: Outcome) -> None:
+    source = module(branch)
+    if outcome is Outcome.NOT_APPLICABLE:
+        source = source.replace(", Trailers", "")
+    result = h2fix.rewrite(source, ["trailers"])
+    assert result.source == source
+    assert not result.changed
+    assert [o.outcome for o in result.outcomes] == [outcome]
+
+
+def test_decoy_elsewhere_is_left_alone() -> None:
+    decoy = (
+        "\n\ndef describe(event):\n    if isinstance(event, Trailers):\n        return 'trailers'\n"
+    )
+    before, after = REWRITES["hypercorn-0.17"]
+    result = h2fix.rewrite(module(before) + decoy, ["trailers"])
+    assert result.source == module(after) + decoy
+
+
+REFUSALS = {
+    "delegates-to-helper": (
+        """\
+        elif isinstance(event, Trailers):
+            await self._send_trailers(event)
+        """,
+        "call <connection>.send_headers itself",
+    ),
+    "send-nested-in-try": (
+        """\
+        elif isinstance(event, Trailers):
+            try:
+                self.connection.send_headers(event.stream_id, event.headers)
+            except KeyError:
+                pass
+        """,
+        "directly in the branch",
+    ),
+    "shared-with-other-events": (
+        """\
+        elif isinstance(event, (Trailers, Data)):
+            self.connection.send_headers(event.stream_id, event.headers)
+        """,
+        "a branch for Trailers alone",
+    ),
+    "end-stream-not-a-literal": (
+        """\
+        elif isinstance(event, Trailers):
+            self.connection.send_headers(event.stream_id, event.headers, end_stream=last)
+        """,
+        "literal True or False",
+    ),
+    "steps-out-of-order": (
+        """\
+        elif isinstance(event, Trailers):
+            await self.stream_buffers[event.stream_id].drain()
+            self.priority.unblock(event.stream_id)
+            self.connection.send_headers(event.stream_id, event.headers)
+        """,
+        "unblock, then set, then drain",
+    ),
+}
+
+
+@pytest.mark.parametrize(("branch", "expected"), REFUSALS.values(), ids=REFUSALS.keys())
+def test_refusals(branch: str, expected: str) -> None:
+    with pytest.raises(UnrecognisedStructureError) as caught:
+        h2fix.rewrite(module(branch), ["trailers"])
+    error = caught.value
+    assert expected in error.expected
+    assert error.where == "H2Protocol.stream_send"
+    assert "Trailers" in error.found  # the message shows the code it found
+
+
+def test_refuses_when_attributes_cannot_be_confirmed() -> None:
+    source = module(REWRITES["hypercorn-0.17"][0], end_of_body=False)
+    with pytest.raises(UnrecognisedStructureError, match="confirm the attributes"):
+        h2fix.rewrite(source, ["trailers"])
+
+
+def test_refusal_recorded_when_not_strict() -> None:
+    source = module(REFUSALS["delegates-to-helper"][0])
+    result = h2fix.rewrite(source, ["trailers"], strict=False)
+    assert result.source == source
+    [outcome] = result.outcomes
+    assert outcome.outcome is Outcome.REFUSED
+    assert isinstance(outcome.error, UnrecognisedStructureError)
+
+
+def test_trailers_named_without_a_branch_is_refused() -> None:
+    source = module("elif isinstance(event, Body):\n    pass\n")
+    with pytest.raises(UnrecognisedStructureError, match="no such branch"):
+        h2fix.rewrite(source, ["trailers"])
+
+
+def test_unknown_fix_name() -> None:
+    with pytest.raises(h2fix.UnknownFixError, match="trailers"):
+        h2fix.rewrite("", ["nope"])
