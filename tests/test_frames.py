@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 
 import pytest
 
-from support.grpc_app import unframe
-from support.h2client import H2Client, Response
+from h2fix._probe import H2Client, Response
+from support.grpc_app import frame, unframe
 from support.servers import serving
 
 pytestmark = pytest.mark.server
-
-WITH_FIX = os.environ.get("H2FIX_TEST_WITHOUT_FIX", "") != "1"
 
 
 @pytest.fixture(
@@ -24,7 +21,7 @@ WITH_FIX = os.environ.get("H2FIX_TEST_WITHOUT_FIX", "") != "1"
 )
 def port(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     target, worker_class = request.param
-    with serving(tmp_path_factory.mktemp("server"), target, worker_class, fix=WITH_FIX) as port:
+    with serving(tmp_path_factory.mktemp("server"), target, worker_class) as port:
         yield port
 
 
@@ -44,14 +41,14 @@ def assert_well_formed(response: Response) -> None:
 
 @pytest.mark.parametrize("size", [0, 10, 100_000], ids=["empty", "small", "100KB"])
 def test_trailers_come_last_with_end_stream(client: H2Client, size: int) -> None:
-    response = client.call("Big", str(size).encode())
+    response = client.call("/test.Test/Big", frame(str(size).encode()))
     assert_well_formed(response)
     assert response.trailers[b"grpc-status"] == b"0"
     assert unframe(response.body) == [b"x" * size]
 
 
 def test_stream_of_messages(client: H2Client) -> None:
-    response = client.call("Stream", b"50")
+    response = client.call("/test.Test/Stream", frame(b"50"))
     assert_well_formed(response)
     assert unframe(response.body) == [str(i).encode() for i in range(50)]
 
@@ -59,13 +56,13 @@ def test_stream_of_messages(client: H2Client) -> None:
 def test_hpack_stays_in_sync_across_responses(client: H2Client) -> None:
     # Each response's header blocks refer to the dynamic table the previous one left.
     for i in range(5):
-        response = client.call("Metadata", b"m%d" % i)
+        response = client.call("/test.Test/Metadata", frame(b"m%d" % i))
         assert_well_formed(response)
         assert response.trailers[b"x-served-by"] == b"h2fix-tests"
 
 
 def test_concurrent_streams_each_well_formed(client: H2Client) -> None:
-    streams = [client.start("Big", b"20000") for _ in range(10)]
+    streams = [client.start("/test.Test/Big", frame(b"20000")) for _ in range(10)]
     for response in client.wait(*streams):
         assert_well_formed(response)
         assert unframe(response.body) == [b"x" * 20000]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,22 +12,26 @@ from support.servers import serving
 
 pytestmark = pytest.mark.server
 
-# Set to 1 to serve without the fix: every test below then fails (see README).
-WITH_FIX = os.environ.get("H2FIX_TEST_WITHOUT_FIX", "") != "1"
 TIMEOUT = 20
 
+SERVERS = {
+    "hypercorn-asyncio": ("hypercorn", "asyncio", "apply"),
+    "hypercorn-trio": ("hypercorn", "trio", "apply"),
+    "anycorn-asyncio": ("anycorn", "asyncio", "apply"),
+    "run-hypercorn-asyncio-2-workers": ("hypercorn", "asyncio", "run"),
+    "run-hypercorn-trio-2-workers": ("hypercorn", "trio", "run"),
+    "run-anycorn-asyncio-2-workers": ("anycorn", "asyncio", "run"),
+    "vendored-hypercorn": ("hypercorn", "asyncio", "vendored"),
+}
 
-@pytest.fixture(
-    scope="module",
-    params=[("hypercorn", "asyncio"), ("hypercorn", "trio"), ("anycorn", "asyncio")],
-    ids=["hypercorn-asyncio", "hypercorn-trio", "anycorn-asyncio"],
-)
+
+@pytest.fixture(scope="module", params=SERVERS.values(), ids=SERVERS.keys())
 def channel(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[grpc.Channel]:
-    target, worker_class = request.param
+    target, worker_class, mode = request.param
     with (
-        serving(tmp_path_factory.mktemp("server"), target, worker_class, fix=WITH_FIX) as port,
+        serving(tmp_path_factory.mktemp("server"), target, worker_class, mode) as port,
         grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         yield channel
@@ -94,3 +97,18 @@ def test_unpatched_server_fails_as_measured(tmp_path: Path) -> None:
         assert isinstance(error, grpc.Call)
         assert error.code() is grpc.StatusCode.UNKNOWN
         assert "END_STREAM" in (error.details() or "")
+
+
+@pytest.mark.parametrize("target", ["hypercorn", "anycorn"])
+def test_run_repairs_every_spawned_worker(tmp_path: Path, target: str) -> None:
+    """Separate connections until both workers have answered; every call succeeds."""
+    pids = set()
+    with serving(tmp_path, target, mode="run") as port:
+        for _ in range(100):
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                response, call = unary(channel, "Metadata").with_call(b"x", timeout=TIMEOUT)
+            assert response == b"x"
+            pids.add(dict(call.trailing_metadata())["x-pid"])
+            if len(pids) == 2:
+                break
+    assert len(pids) == 2, f"only worker(s) {pids} answered 100 connections"

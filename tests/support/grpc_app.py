@@ -13,6 +13,7 @@ and the payload. Methods (all take one message):
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Any, Callable
 
@@ -46,7 +47,8 @@ def _handle(path: str, request: bytes) -> tuple[list[bytes], list[tuple[bytes, b
     if path == "/test.Test/Fail":
         return [], [(b"grpc-status", b"%d" % NOT_FOUND), (b"grpc-message", b"no such thing")]
     if path == "/test.Test/Metadata":
-        return [request], [*ok, (b"x-served-by", b"h2fix-tests"), (b"x-count", b"42")]
+        served_by = [(b"x-served-by", b"h2fix-tests"), (b"x-count", b"42")]
+        return [request], [*ok, *served_by, (b"x-pid", b"%d" % os.getpid())]
     return [], [(b"grpc-status", b"12"), (b"grpc-message", b"unimplemented")]
 
 

@@ -1,76 +1,69 @@
-"""Start and stop a real server process on 127.0.0.1 for a test."""
+"""Start and stop a real server process on 127.0.0.1 for a test, in one of several modes.
+
+- "apply": the test's own launcher calls h2fix.apply() and serves (support.serve);
+- "run": `h2fix run -- hypercorn ... --workers 2` (spawned workers);
+- "vendored": stock `python -m hypercorn` importing a copy written by scripts/vendor.py.
+
+With H2FIX_TEST_WITHOUT_FIX=1 every mode serves the stock, unrepaired server.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
+from h2fix._probe import free_port
+from h2fix._probe import serving as serving_command
+
 TESTS = Path(__file__).resolve().parent.parent
+ROOT = TESTS.parent
+WITH_FIX = os.environ.get("H2FIX_TEST_WITHOUT_FIX", "") != "1"
+APP = "support.grpc_app:app"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
-
-
-def stop(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    """Stop the server by its own process id (and its process group: workers)."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
-
-
-@contextlib.contextmanager
-def running(command: Sequence[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        try:
-            wait_for_port(port, process)
-            yield process
-        finally:
-            stop(process)
+def vendored_copy(target: str, out: Path) -> Path:
+    """A patched copy of the installed target, written by the project's script."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "vendor.py"), "--target", target, "--out", out],
+        check=True,
+        capture_output=True,
+    )
+    return out
 
 
 @contextlib.contextmanager
 def serving(
-    tmp_path: Path, target: str = "hypercorn", worker_class: str = "asyncio", fix: bool = True
+    tmp_path: Path,
+    target: str = "hypercorn",
+    worker_class: str = "asyncio",
+    mode: str = "apply",
+    fix: bool = WITH_FIX,
 ) -> Iterator[int]:
     """The test gRPC app served on a free port; yields the port."""
     port = free_port()
-    command = [
-        sys.executable, "-m", "support.serve", "--target", target,
-        "--worker-class", worker_class, "--port", str(port), "--fix" if fix else "--no-fix",
-    ]  # fmt: skip
-    with running(command, port, tmp_path / f"server-{port}.log"):
+    path = [str(TESTS)]
+    bind = ["--bind", f"127.0.0.1:{port}", "--worker-class", worker_class]
+    if mode == "apply":
+        flag = "--fix" if fix else "--no-fix"
+        command = ["-m", "support.serve", "--target", target, "--port", str(port), flag]
+        command += ["--worker-class", worker_class]
+    elif mode == "run":
+        launcher = ["-m", "h2fix", "run", "--", target] if fix else ["-m", target]
+        command = [*launcher, APP, *bind, "--workers", "2"]
+    elif mode == "vendored":
+        if fix:
+            path.insert(0, str(vendored_copy(target, tmp_path / "vendored")))
+        command = ["-m", target, APP, *bind]
+    else:
+        raise ValueError(mode)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    log = tmp_path / f"server-{port}.log"
+    with (
+        log.open("wb") as output,
+        serving_command([sys.executable, *command], port, log=output, env=env),
+    ):
         yield port

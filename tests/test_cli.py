@@ -1,0 +1,207 @@
+"""The `h2fix` command line: output and exit codes, on installed releases and on files."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from h2fix._cli import main
+from support.isolated import run_python
+from support.releases import h2_source, unpacked
+
+
+def h2fix_cli(*args: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    code = f"import sys; from h2fix._cli import main; sys.exit(main({list(args)!r}))"
+    return run_python(code, *([path] if path else []))
+
+
+def test_diff_of_the_installed_release(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["diff"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("--- a/hypercorn/protocol/h2.py\n+++ b/hypercorn/protocol/h2.py\n")
+    added = [line for line in out.splitlines() if line.startswith("+") and "+++" not in line]
+    assert [line.strip("+ ") for line in added] == [
+        "self.priority.unblock(event.stream_id)",
+        "await self.has_data.set()",
+        "await self.stream_buffers[event.stream_id].drain()",
+        "self.connection.send_headers(event.stream_id, event.headers, end_stream=True)",
+    ]
+    assert "\x1b[" not in out  # not a terminal: no colour
+
+
+def test_diff_is_what_apply_compiles(capsys: pytest.CaptureFixture[str]) -> None:
+    import h2fix
+
+    main(["diff"])
+    out = capsys.readouterr().out
+    h2fix.apply()
+    from hypercorn.protocol.h2 import H2Protocol
+
+    filename = H2Protocol.stream_send.__code__.co_filename
+    import linecache
+
+    patched = "".join(linecache.getlines(filename))
+    for line in out.splitlines():
+        if line.startswith("+") and not line.startswith("+++"):
+            assert line[1:] + "\n" in patched
+
+
+def test_diff_of_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    buggy = tmp_path / "h2_0171.py"
+    buggy.write_text(h2_source("hypercorn", "0.17.1"))
+    fixed = tmp_path / "h2_0180.py"
+    fixed.write_text(h2_source("hypercorn", "0.18.0"))
+    assert main(["diff", str(buggy), str(fixed)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- a/") == 1  # the fixed file prints nothing
+    assert f"--- a/{buggy}\n+++ b/{buggy}\n" in out
+
+
+def test_diff_in_colour_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    main(["diff"])
+    assert "\x1b[32m+" in terminal.getvalue()
+    monkeypatch.setenv("NO_COLOR", "1")
+    terminal.seek(0)
+    terminal.truncate()
+    main(["diff"])
+    assert "\x1b[" not in terminal.getvalue()
+
+
+def test_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hypercorn/protocol/h2.py: trailers: would be applied (")
+    fixed = tmp_path / "h2.py"
+    fixed.write_text(h2_source("hypercorn", "0.18.0"))
+    assert main(["check", str(fixed)]) == 0
+    assert "trailers: already fixed upstream" in capsys.readouterr().err
+    old = tmp_path / "h2_016.py"
+    old.write_text(h2_source("hypercorn", "0.16.0"))
+    assert main(["check", str(old)]) == 0
+    assert "trailers: not applicable" in capsys.readouterr().err
+
+
+def test_check_refusal_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    odd = tmp_path / "h2.py"
+    odd.write_text(
+        h2_source("hypercorn", "0.17.3").replace(
+            "self.connection.send_headers(event.stream_id, event.headers)",
+            "await self._send_trailers(event)",
+        )
+    )
+    assert main(["check", str(odd)]) == 2
+    assert "trailers: refused" in capsys.readouterr().err
+    assert main(["diff", str(odd)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "pin a release" in captured.err
+
+
+def test_missing_target_is_exit_2_with_advice(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m == "anycorn" or m.startswith("anycorn.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "anycorn", None)
+    assert main(["check", "--target", "anycorn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("h2fix: error: anycorn is not installed")
+    assert "pip install anycorn" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unreadable_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(tmp_path / "missing.py")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+
+
+def test_status(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "target:  hypercorn 0.17.3"
+    assert out[2].startswith("h2:      4.")
+    assert out[3].startswith("trailers: would be applied")
+
+
+def test_status_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["target"] == "hypercorn"
+    assert data["version"] == "0.17.3"
+    assert data["h2_version"].startswith("4.")
+    assert data["fixes"] == [
+        {
+            "fix": "trailers",
+            "outcome": "would be applied",
+            "message": data["fixes"][0]["message"],
+            "functions": ["H2Protocol.stream_send"],
+        }
+    ]
+
+
+def test_list_fixes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list-fixes"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("trailers  send response trailers after the buffered DATA")
+    assert "upstream: https://" in out
+
+
+def test_on_hypercorn_018_nothing_to_do() -> None:
+    path = unpacked("hypercorn", "0.18.0")
+    check = h2fix_cli("check", path=path)
+    assert check.returncode == 0, check.stderr
+    assert "0.18.0" not in check.stderr  # one line per fix, nothing else
+    assert "trailers: already fixed upstream" in check.stderr
+    diff = h2fix_cli("diff", path=path)
+    assert (diff.returncode, diff.stdout) == (0, "")
+    status = h2fix_cli("status", "--json", path=path)
+    assert json.loads(status.stdout)["version"] == "0.18.0"
+
+
+def test_module_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "h2fix", "check"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert "would be applied" in result.stderr
+
+
+@pytest.mark.server
+def test_verify_compares_stock_and_repaired(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "h2fix", "verify"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line[:29].strip(): line[29:].split() for line in result.stdout.splitlines()[1:5]}
+    assert rows == {
+        "trailers received": ["NO", "yes"],
+        "END_STREAM on the trailers": ["NO", "yes"],
+        "no DATA after the trailers": ["n/a", "yes"],
+        "HPACK in sync (2nd request)": ["NO", "yes"],
+    }
+    assert result.stdout.splitlines()[-1] == "the server repaired by h2fix is correct"
+
+
+def test_run_needs_a_known_server(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--", "uvicorn", "app:app"]) == 2
+    assert "expected a server command (hypercorn or anycorn), found uvicorn" in (
+        capsys.readouterr().err
+    )
