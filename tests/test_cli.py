@@ -21,7 +21,7 @@ def h2fix_cli(*args: str, path: Path | None = None) -> subprocess.CompletedProce
 
 
 def test_diff_of_the_installed_release(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["diff"]) == 0
+    assert main(["diff", "--fix", "trailers"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("--- a/hypercorn/protocol/h2.py\n+++ b/hypercorn/protocol/h2.py\n")
     added = [line for line in out.splitlines() if line.startswith("+") and "+++" not in line]
@@ -32,6 +32,13 @@ def test_diff_of_the_installed_release(capsys: pytest.CaptureFixture[str]) -> No
         "self.connection.send_headers(event.stream_id, event.headers, end_stream=True)",
     ]
     assert "\x1b[" not in out  # not a terminal: no colour
+
+
+def test_diff_of_every_fix(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["diff"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("@@ -") == 3  # initiate, stream_send, _create_server_push
+    assert "+            event = h2.events.RequestReceived(stream_id=1, headers=headers)\n" in out
 
 
 def test_diff_is_what_apply_compiles(capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,16 +90,20 @@ def test_diff_in_colour_on_a_terminal(
 
 def test_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("hypercorn/protocol/h2.py: trailers: would be applied (")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("hypercorn/protocol/h2.py: trailers: would be applied (")
+    assert err[1].startswith("hypercorn/protocol/h2.py: request_received: would be applied (")
+    assert len(err) == 2
     fixed = tmp_path / "h2.py"
     fixed.write_text(h2_source("hypercorn", "0.18.0"))
     assert main(["check", str(fixed)]) == 0
     assert "trailers: already fixed upstream" in capsys.readouterr().err
     old = tmp_path / "h2_016.py"
     old.write_text(h2_source("hypercorn", "0.16.0"))
-    assert main(["check", str(old)]) == 0
+    assert main(["check", "--fix", "trailers", str(old)]) == 0
     assert "trailers: not applicable" in capsys.readouterr().err
+    # 0.16 builds RequestReceived() without arguments too: broken with this h2.
+    assert main(["check", "--fix", "request_received", str(old)]) == 1
 
 
 def test_check_refusal_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,7 +116,7 @@ def test_check_refusal_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     assert main(["check", str(odd)]) == 2
     assert "trailers: refused" in capsys.readouterr().err
-    assert main(["diff", str(odd)]) == 2
+    assert main(["diff", "--fix", "trailers", str(odd)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "pin a release" in captured.err
@@ -135,6 +146,7 @@ def test_status(capsys: pytest.CaptureFixture[str]) -> None:
     assert out[0] == "target:  hypercorn 0.17.3"
     assert out[2].startswith("h2:      4.")
     assert out[3].startswith("trailers: would be applied")
+    assert out[4].startswith("request_received: would be applied")
 
 
 def test_status_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,20 +155,23 @@ def test_status_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["target"] == "hypercorn"
     assert data["version"] == "0.17.3"
     assert data["h2_version"].startswith("4.")
-    assert data["fixes"] == [
-        {
-            "fix": "trailers",
-            "outcome": "would be applied",
-            "message": data["fixes"][0]["message"],
-            "functions": ["H2Protocol.stream_send"],
-        }
+    assert [(f["fix"], f["outcome"], f["functions"]) for f in data["fixes"]] == [
+        ("trailers", "would be applied", ["H2Protocol.stream_send"]),
+        (
+            "request_received",
+            "would be applied",
+            ["H2Protocol.initiate", "H2Protocol._create_server_push"],
+        ),
     ]
 
 
 def test_list_fixes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list-fixes"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("trailers  send response trailers after the buffered DATA")
+    lines = out.splitlines()
+    assert lines[0].split(None, 1) == ["trailers", lines[0].split(None, 1)[1]]
+    assert "send response trailers after the buffered DATA" in lines[0]
+    assert lines[2].startswith("request_received  build h2's RequestReceived events")
     assert "upstream: https://" in out
 
 
@@ -166,6 +181,7 @@ def test_on_hypercorn_018_nothing_to_do() -> None:
     assert check.returncode == 0, check.stderr
     assert "0.18.0" not in check.stderr  # one line per fix, nothing else
     assert "trailers: already fixed upstream" in check.stderr
+    assert "request_received: already fixed upstream" in check.stderr
     diff = h2fix_cli("diff", path=path)
     assert (diff.returncode, diff.stdout) == (0, "")
     status = h2fix_cli("status", "--json", path=path)

@@ -8,6 +8,7 @@ import pytest
 
 import h2fix
 from h2fix import Outcome
+from h2fix._environment import H2_KEYWORD_EVENTS, H2_NO_ARGUMENT_EVENTS
 from support.releases import h2_source
 
 pytestmark = pytest.mark.network
@@ -43,10 +44,10 @@ def test_release_is_classified(release: tuple[str, str], expected: Outcome) -> N
         )
 
 
-def _method(source: str, name: str) -> str:
+def _method(source: str, name: str, body_only: bool = False) -> str:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.AsyncFunctionDef) and node.name == name:
-            return ast.dump(node)
+            return ast.dump(ast.Module(body=node.body, type_ignores=[]) if body_only else node)
     raise AssertionError(f"no method {name}")
 
 
@@ -71,3 +72,42 @@ def test_rewritten_method_equals_upstream_fix(
 ) -> None:
     rewritten = h2fix.rewrite(h2_source(*buggy), ["trailers"]).source
     assert _method(rewritten, "stream_send") == _method(h2_source(*fixed), "stream_send")
+
+
+# request_received, with h2 >= 4.3 and with h2 <= 4.2
+EVENT_RELEASES = {
+    ("hypercorn", "0.16.0"): (Outcome.REWRITTEN, Outcome.NOT_NEEDED),
+    ("hypercorn", "0.17.3"): (Outcome.REWRITTEN, Outcome.NOT_NEEDED),
+    ("hypercorn", "0.18.0"): (Outcome.FIXED_UPSTREAM, Outcome.REWRITTEN),
+    ("anycorn", "0.18.1"): (Outcome.REWRITTEN, Outcome.NOT_NEEDED),
+    ("anycorn", "0.18.7"): (Outcome.FIXED_UPSTREAM, Outcome.REWRITTEN),
+    ("anycorn", "0.20.1"): (Outcome.FIXED_UPSTREAM, Outcome.REWRITTEN),
+}
+
+
+@pytest.mark.parametrize(
+    ("release", "expected"), EVENT_RELEASES.items(), ids=["-".join(r) for r in EVENT_RELEASES]
+)
+def test_release_events_are_classified(
+    release: tuple[str, str], expected: tuple[Outcome, Outcome]
+) -> None:
+    source = h2_source(*release)
+    for environment, outcome in zip((H2_KEYWORD_EVENTS, H2_NO_ARGUMENT_EVENTS), expected):
+        result = h2fix.rewrite(source, ["request_received"], environment=environment)
+        assert [o.outcome for o in result.outcomes] == [outcome], environment
+        if result.changed:
+            compile(result.source, "h2.py", "exec", dont_inherit=True)
+            assert set(result.changed_functions) == {
+                "H2Protocol.initiate",
+                "H2Protocol._create_server_push",
+            }
+
+
+@pytest.mark.parametrize("method", ["initiate", "_create_server_push"])
+def test_rewritten_constructions_equal_upstream_fix(method: str) -> None:
+    rewritten = h2fix.rewrite(
+        h2_source("hypercorn", "0.17.3"), ["request_received"], environment=H2_KEYWORD_EVENTS
+    ).source
+    # 0.18.0 also modernised the annotations (List -> list): compare the bodies.
+    upstream = h2_source("hypercorn", "0.18.0")
+    assert _method(rewritten, method, body_only=True) == _method(upstream, method, body_only=True)

@@ -38,7 +38,10 @@ def test_import_h2fix_imports_neither_libcst_nor_the_server() -> None:
 def test_status_changes_nothing() -> None:
     original = stream_send()
     report = h2fix.status()
-    assert [(f.fix, f.outcome) for f in report.fixes] == [("trailers", Outcome.PENDING)]
+    assert [(f.fix, f.outcome) for f in report.fixes] == [
+        ("trailers", Outcome.PENDING),
+        ("request_received", Outcome.PENDING),
+    ]
     assert report.pending
     assert (report.target, report.version) == ("hypercorn", "0.17.3")
     assert report.file.endswith("hypercorn/protocol/h2.py")
@@ -47,7 +50,7 @@ def test_status_changes_nothing() -> None:
 
 def test_apply_swaps_in_the_patched_method_and_keeps_its_identity() -> None:
     original = stream_send()
-    report = h2fix.apply()
+    report = h2fix.apply(fixes=["trailers"])
     assert report.changed
     assert [(f.fix, f.outcome) for f in report.fixes] == [("trailers", Outcome.APPLIED)]
     assert report.fixes[0].functions == ("H2Protocol.stream_send",)
@@ -85,9 +88,9 @@ def test_apply_twice_is_a_no_op() -> None:
     first = stream_send()
     report = h2fix.apply()
     assert not report.changed
-    assert [f.outcome for f in report.fixes] == [Outcome.ALREADY_APPLIED]
+    assert [f.outcome for f in report.fixes] == [Outcome.ALREADY_APPLIED] * 2
     assert stream_send() is first
-    assert [f.outcome for f in h2fix.status().fixes] == [Outcome.ALREADY_APPLIED]
+    assert [f.outcome for f in h2fix.status().fixes] == [Outcome.ALREADY_APPLIED] * 2
 
 
 def test_revert_restores_the_exact_original() -> None:
@@ -140,10 +143,24 @@ def test_patched_leaves_an_outer_apply_in_place() -> None:
 
 
 def test_seed_names() -> None:
+    from hypercorn.protocol.h2 import H2Protocol
+
+    initiate = H2Protocol.__dict__["initiate"]
     minimal = h2fix.patch_h2_protocol_minimal()
     assert [f.fix for f in minimal.fixes] == ["trailers"]
     assert minimal.changed
-    assert not h2fix.patch_h2_protocol().changed
+    assert H2Protocol.__dict__["initiate"] is initiate
+    trailers_only = stream_send()
+    full = h2fix.patch_h2_protocol()
+    # The wider set is applied on top; trailers was there already.
+    assert [(f.fix, f.outcome) for f in full.fixes] == [
+        ("trailers", Outcome.ALREADY_APPLIED),
+        ("request_received", Outcome.APPLIED),
+    ]
+    assert H2Protocol.__dict__["initiate"] is not initiate
+    assert stream_send() is not trailers_only  # recompiled from the one rewritten source
+    h2fix.revert()
+    assert H2Protocol.__dict__["initiate"] is initiate
 
 
 def test_anycorn_target() -> None:
@@ -288,4 +305,5 @@ def test_apply_on_hypercorn_018_changes_nothing() -> None:
         """,
         unpacked("hypercorn", "0.18.0"),
     )
-    assert result.stdout.strip() == "0.18.0 ['already fixed upstream'] False", result.stderr
+    expected = "0.18.0 ['already fixed upstream', 'already fixed upstream'] False"
+    assert result.stdout.strip() == expected, result.stderr

@@ -37,7 +37,8 @@ def test_writes_the_whole_package_with_header_and_diff(tmp_path: Path) -> None:
     assert copied == originals
     text = h2.read_text()
     assert text.startswith(
-        f"# Patched by h2fix {h2fix.__version__} from hypercorn 0.17.3 with fixes: trailers.\n"
+        f"# Patched by h2fix {h2fix.__version__} from hypercorn 0.17.3 with fixes: "
+        "trailers, request_received.\n"
     )
     assert "send_headers(event.stream_id, event.headers, end_stream=True)" in text
     diff = (tmp_path / "hypercorn" / "protocol" / "h2.py.diff").read_text()

@@ -46,6 +46,15 @@ FIXES: tuple[Fix, ...] = (
         upstream="https://github.com/pgjones/hypercorn/issues/254",
         module="h2fix.fixes.trailers",
     ),
+    Fix(
+        name="request_received",
+        description=(
+            "build h2's RequestReceived events the way the installed h2 accepts "
+            "(h2c Upgrade and server push raise TypeError with h2 >= 4.3 otherwise)"
+        ),
+        upstream="https://github.com/pgjones/hypercorn/issues/318",
+        module="h2fix.fixes.request_received",
+    ),
 )
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import NoReturn, Union
 
 import libcst as cst
 import libcst.matchers as m
@@ -28,6 +28,7 @@ import libcst.matchers as m
 from .._environment import Environment
 from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
+from ._scopes import ScopeTracker, self_name
 
 NAME = "trailers"
 
@@ -51,6 +52,8 @@ _ISINSTANCE_TRAILERS_AMONG_OTHERS = m.Call(
         m.Arg(value=m.Tuple(elements=[m.ZeroOrMore(), m.Element(_TRAILERS_CLASS), m.ZeroOrMore()])),
     ],
 )
+_CASE_TRAILERS = m.MatchClass(cls=_TRAILERS_CLASS, patterns=[], kwds=[])
+_ALONE = "a branch for Trailers alone (it must end the stream, other events must not)"
 _SEND_HEADERS = m.Call(func=m.Attribute(attr=m.Name("send_headers")))
 # Attributes that, assigned in __init__, confirm the default names on their own.
 _DEFAULT_NAMES = ("priority", "has_data", "stream_buffers")
@@ -94,7 +97,7 @@ _STEPS = tuple(_Step)
 
 @dataclass
 class _Branch:
-    """One `isinstance(<event>, Trailers)` branch seen in the module."""
+    """One `isinstance(<event>, Trailers)` (or `case Trailers():`) branch seen in the module."""
 
     where: str
     code: str
@@ -102,46 +105,16 @@ class _Branch:
     changed: bool = False
 
 
-@dataclass
-class _Scope:
-    name: str
-    node: cst.ClassDef | cst.FunctionDef
-    #: For classes: attribute names per step, learned lazily (None: not confirmed).
-    names: dict[_Step, str] | None = None
-    names_learned: bool = False
+_BranchNode = Union[cst.If, cst.MatchCase]
 
 
-@dataclass
-class _TrailersTransformer(cst.CSTTransformer):
-    module: cst.Module
-    branches: list[_Branch] = field(default_factory=list)
-    scopes: list[_Scope] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+class _TrailersTransformer(ScopeTracker):
+    def __init__(self, module: cst.Module) -> None:
         super().__init__()
-
-    # Scope tracking, so a branch knows its method and class.
-    def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        self.scopes.append(_Scope(node.name.value, node))
-
-    def leave_ClassDef(
-        self, original_node: cst.ClassDef, updated_node: cst.ClassDef
-    ) -> cst.ClassDef:
-        self.scopes.pop()
-        return updated_node
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self.scopes.append(_Scope(node.name.value, node))
-
-    def leave_FunctionDef(
-        self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef
-    ) -> cst.FunctionDef:
-        self.scopes.pop()
-        return updated_node
-
-    @property
-    def where(self) -> str:
-        return ".".join(scope.name for scope in self.scopes) or "<module>"
+        self.module = module
+        self.branches: list[_Branch] = []
+        # Per class: the attribute names learned for the steps (None: not confirmed).
+        self._names: dict[int, dict[_Step, str] | None] = {}
 
     def leave_If(self, original_node: cst.If, updated_node: cst.If) -> cst.If:
         test = original_node.test
@@ -151,13 +124,23 @@ class _TrailersTransformer(cst.CSTTransformer):
         if m.matches(test, _ISINSTANCE_TRAILERS_AMONG_OTHERS) and m.findall(
             original_node.body, _SEND_HEADERS
         ):
-            self._refuse(
-                "a branch for Trailers alone (it must end the stream, other events must not)",
-                original_node,
-            )
+            self._refuse(_ALONE, original_node)
         return updated_node
 
-    def _fixed_body(self, branch: cst.If, body: cst.BaseSuite) -> cst.BaseSuite | None:
+    def leave_MatchCase(
+        self, original_node: cst.MatchCase, updated_node: cst.MatchCase
+    ) -> cst.MatchCase:
+        pattern = original_node.pattern
+        if m.matches(pattern, _CASE_TRAILERS) and original_node.guard is None:
+            body = self._fixed_body(updated_node, updated_node.body)
+            return updated_node if body is None else updated_node.with_changes(body=body)
+        if m.findall(pattern, m.MatchClass(cls=_TRAILERS_CLASS)) and m.findall(
+            original_node.body, _SEND_HEADERS
+        ):
+            self._refuse(_ALONE + ", with no guard", original_node)
+        return updated_node
+
+    def _fixed_body(self, branch: _BranchNode, body: cst.BaseSuite) -> cst.BaseSuite | None:
         """The branch body with the fix in place, or None when it must not change."""
         sends = bool(m.findall(body, _SEND_HEADERS))
         record = _Branch(self.where, self._code(branch), sends)
@@ -168,8 +151,8 @@ class _TrailersTransformer(cst.CSTTransformer):
             self._refuse("the branch body on its own lines", branch)
         statements = list(body.body)
         send_index = self._send_headers_index(statements, branch)
-        method, self_name = self._method(branch)
-        present = self._present_steps(statements, self_name)
+        _, receiver = self._method(branch)
+        present = self._present_steps(statements, receiver)
         self._check_order(present, send_index, branch)
 
         send_line = statements[send_index]
@@ -184,7 +167,7 @@ class _TrailersTransformer(cst.CSTTransformer):
             return None  # already fixed upstream: leave it byte for byte
 
         stream_id = self.module.code_for_node(self._stream_id(call, branch))
-        names = self._class_names(method, branch) if missing else {}
+        names = self._class_names(branch) if missing else {}
         inserted: dict[int, list[cst.BaseStatement]] = {}
         for index, step in enumerate(_STEPS):
             if step in present:
@@ -193,7 +176,7 @@ class _TrailersTransformer(cst.CSTTransformer):
                 (present[later] for later in _STEPS[index + 1 :] if later in present),
                 send_index,
             )
-            code = step.value.format(self=self_name, attr=names[step], stream_id=stream_id)
+            code = step.value.format(self=receiver, attr=names[step], stream_id=stream_id)
             inserted.setdefault(anchor, []).append(
                 cst.parse_statement(code + "\n", config=self.module.config_for_parsing)
             )
@@ -206,7 +189,9 @@ class _TrailersTransformer(cst.CSTTransformer):
         record.changed = True
         return body.with_changes(body=new_statements)
 
-    def _send_headers_index(self, statements: Sequence[cst.BaseStatement], branch: cst.If) -> int:
+    def _send_headers_index(
+        self, statements: Sequence[cst.BaseStatement], branch: _BranchNode
+    ) -> int:
         direct = [
             index
             for index, statement in enumerate(statements)
@@ -219,19 +204,17 @@ class _TrailersTransformer(cst.CSTTransformer):
             )
         return direct[0]
 
-    def _method(self, branch: cst.If) -> tuple[cst.FunctionDef, str]:
+    def _method(self, branch: _BranchNode) -> tuple[cst.FunctionDef, str]:
         """The enclosing method and the name of its first parameter (`self`)."""
-        functions = [s.node for s in self.scopes if isinstance(s.node, cst.FunctionDef)]
-        classes = [s for s in self.scopes if isinstance(s.node, cst.ClassDef)]
-        if not functions or not classes:
+        method, cls = self.function, self.cls
+        if method is None or cls is None or cls not in self.scopes[: self.scopes.index(method)]:
             self._refuse("the branch inside a method of a class", branch)
-        method = functions[-1]
         if method.asynchronous is None:
             self._refuse("the branch inside an `async def` method (it awaits the drain)", branch)
-        params = method.params.posonly_params or method.params.params
-        if not params:
+        name = self_name(method)
+        if name is None:
             self._refuse("a method with a `self` parameter", branch)
-        return method, params[0].name.value
+        return method, name
 
     @staticmethod
     def _present_steps(statements: Sequence[cst.BaseStatement], self_name: str) -> dict[_Step, int]:
@@ -242,12 +225,12 @@ class _TrailersTransformer(cst.CSTTransformer):
                     present[step] = index
         return present
 
-    def _check_order(self, present: dict[_Step, int], send_index: int, branch: cst.If) -> None:
+    def _check_order(self, present: dict[_Step, int], send_index: int, branch: _BranchNode) -> None:
         positions = [present[step] for step in _STEPS if step in present] + [send_index]
         if positions != sorted(positions):
             self._refuse("unblock, then set, then drain, all before send_headers", branch)
 
-    def _stream_id(self, call: cst.Call, branch: cst.If) -> cst.BaseExpression:
+    def _stream_id(self, call: cst.Call, branch: _BranchNode) -> cst.BaseExpression:
         for arg in call.args:
             if arg.keyword is not None and arg.keyword.value == "stream_id":
                 return arg.value
@@ -256,7 +239,7 @@ class _TrailersTransformer(cst.CSTTransformer):
             self._refuse("the stream id as the first argument of send_headers", branch)
         return positional[0].value
 
-    def _with_end_stream(self, call: cst.Call, branch: cst.If) -> cst.Call:
+    def _with_end_stream(self, call: cst.Call, branch: _BranchNode) -> cst.Call:
         """`call` with end_stream=True; the same object when it already has it."""
         args = list(call.args)
         if any(arg.star for arg in args):
@@ -295,56 +278,56 @@ class _TrailersTransformer(cst.CSTTransformer):
         args[-1] = last.with_changes(comma=separator, whitespace_after_arg=cst.SimpleWhitespace(""))
         return call.with_changes(args=[*args, new_arg])
 
-    def _class_names(self, method: cst.FunctionDef, branch: cst.If) -> dict[_Step, str]:
+    def _class_names(self, branch: _BranchNode) -> dict[_Step, str]:
         """Attribute names of the priority tree, the wake-up event and the buffers.
 
         Learned from a block of the same class that already runs all three steps
         (the end-of-body branch), or confirmed by `__init__` for the default names.
         """
-        scope = next(s for s in reversed(self.scopes) if isinstance(s.node, cst.ClassDef))
-        if not scope.names_learned:
-            assert isinstance(scope.node, cst.ClassDef)
-            scope.names = _names_from_class(scope.node)
-            scope.names_learned = True
-        if scope.names is None:
+        cls = self.cls
+        assert cls is not None  # _method() checked
+        if id(cls) not in self._names:
+            self._names[id(cls)] = _names_from_class(cls)
+        names = self._names[id(cls)]
+        if names is None:
             self._refuse(
-                f"class {scope.name} to confirm the attributes the fix uses: a block that "
+                f"class {cls.name.value} to confirm the attributes the fix uses: a block that "
                 "already runs unblock/set/drain (the end-of-body branch), or __init__ "
                 f"assigning {', '.join(_DEFAULT_NAMES)}",
                 branch,
             )
-        return scope.names
+        return names
 
-    def _code(self, branch: cst.If) -> str:
-        # The branch alone, without the elif/else chain that follows it.
-        return self.module.code_for_node(branch.with_changes(orelse=None)).strip("\n")
+    def _code(self, branch: _BranchNode) -> str:
+        # An if branch alone, without the elif/else chain that follows it.
+        node = branch.with_changes(orelse=None) if isinstance(branch, cst.If) else branch
+        return self.module.code_for_node(node).strip("\n")
 
-    def _refuse(self, expected: str, branch: cst.If) -> NoReturn:
+    def _refuse(self, expected: str, branch: _BranchNode) -> NoReturn:
         raise UnrecognisedStructureError(NAME, self.where, expected, self._code(branch))
 
 
 def _names_from_class(cls: cst.ClassDef) -> dict[_Step, str] | None:
     methods = [n for n in cls.body.body if isinstance(n, cst.FunctionDef)]
     for method in methods:
-        params = method.params.posonly_params or method.params.params
-        if not params:
+        receiver = self_name(method)
+        if receiver is None:
             continue
-        self_name = params[0].name.value
         for block in m.findall(method, m.IndentedBlock()):
             assert isinstance(block, cst.IndentedBlock)
             names: dict[_Step, str] = {}
             for statement in block.body:
                 for step in _STEPS:
-                    attr = step.attribute_in(statement, self_name)
+                    attr = step.attribute_in(statement, receiver)
                     if attr is not None:
                         names.setdefault(step, attr)
             if len(names) == len(_STEPS):
                 return names
     for method in methods:
-        params = method.params.params
-        if method.name.value != "__init__" or not params:
+        receiver = self_name(method)
+        if method.name.value != "__init__" or receiver is None:
             continue
-        target = m.Attribute(value=m.Name(params[0].name.value))
+        target = m.Attribute(value=m.Name(receiver))
         assigned = set()
         for node in m.findall(method, m.AssignTarget(target=target) | m.AnnAssign(target=target)):
             assert isinstance(node, (cst.AssignTarget, cst.AnnAssign))

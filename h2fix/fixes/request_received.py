@@ -1,0 +1,201 @@
+"""Fix `request_received`: build h2's RequestReceived the way the installed h2 accepts.
+
+h2 4.3 made its events keyword-only dataclasses: `RequestReceived()` with no
+arguments raises TypeError. Hypercorn <= 0.17.3 builds the event with no
+arguments and sets attributes afterwards (the h2c Upgrade path in `initiate()`
+and server push in `_create_server_push()`); anycorn 0.18.2+ passes
+`stream_id=` and so breaks the other way, with h2 <= 4.2. Which form is right
+is read from the installed h2 (the `Environment`), never from version numbers.
+
+    event = h2.events.RequestReceived()        event = h2.events.RequestReceived(
+    event.stream_id = 1                 <->        stream_id=1, headers=headers
+    event.headers = headers                    )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NoReturn
+
+import libcst as cst
+import libcst.matchers as m
+
+from .._environment import Environment
+from .._errors import UnrecognisedStructureError
+from .._results import FixOutcome, Outcome
+from ._scopes import ScopeTracker
+
+NAME = "request_received"
+
+_CONSTRUCTION = m.Call(func=m.Name("RequestReceived") | m.Attribute(attr=m.Name("RequestReceived")))
+# `<name> = ...RequestReceived(...)`, the one form the fix rewrites.
+_ASSIGNED = m.SimpleStatementLine(
+    body=[m.Assign(targets=[m.AssignTarget(target=m.Name())], value=_CONSTRUCTION)]
+)
+
+
+class _Transformer(ScopeTracker):
+    def __init__(self, module: cst.Module, environment: Environment) -> None:
+        super().__init__()
+        self.module = module
+        self.parameters = environment.request_received_parameters or ()
+        self.required = environment.request_received_required
+        self.keywords = bool(self.parameters)
+        self.seen = 0
+        self.changed: dict[str, None] = {}  # qualnames, in order
+
+    def leave_IndentedBlock(
+        self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
+    ) -> cst.IndentedBlock:
+        statements = list(updated_node.body)
+        result: list[cst.BaseStatement] = []
+        index = 0
+        while index < len(statements):
+            statement = statements[index]
+            index += 1
+            if not m.matches(statement, _ASSIGNED):
+                if isinstance(statement, cst.SimpleStatementLine) and m.findall(
+                    statement, _CONSTRUCTION
+                ):
+                    self._refuse("`<name> = RequestReceived(...)` as a statement", statement)
+                result.append(statement)
+                continue
+            assert isinstance(statement, cst.SimpleStatementLine)
+            self.seen += 1
+            if self.keywords:
+                replacement, consumed = self._with_keywords(statement, statements[index:])
+                index += consumed
+            else:
+                replacement = self._without_arguments(statement)
+            if replacement != [statement]:
+                self.changed[self.where] = None
+            result.extend(replacement)
+        if len(result) == len(statements) and all(a is b for a, b in zip(result, statements)):
+            return updated_node
+        return updated_node.with_changes(body=result)
+
+    def _with_keywords(
+        self, statement: cst.SimpleStatementLine, following: Sequence[cst.BaseStatement]
+    ) -> tuple[list[cst.BaseStatement], int]:
+        """Fold the attribute assignments after a no-argument construction into keywords."""
+        name, call = _parts(statement)
+        if call.args:
+            keywords = {arg.keyword.value for arg in call.args if arg.keyword is not None}
+            if len(keywords) != len(call.args) or not set(self.required) <= keywords:
+                self._refuse(f"keyword arguments including {', '.join(self.required)}", statement)
+            return [statement], 0
+        folded: list[tuple[str, cst.BaseExpression]] = []
+        for line in following:
+            attribute = _attribute_assignment(line, name)
+            if attribute is None or attribute[0] not in self.parameters:
+                break
+            if attribute[0] in dict(folded):
+                break
+            folded.append(attribute)
+        if not set(self.required) <= {attr for attr, _ in folded}:
+            self._refuse(
+                f"`{name}.{self.required[0]} = ...` right after `{name} = RequestReceived()`",
+                statement,
+            )
+        arguments = [
+            cst.Arg(
+                keyword=cst.Name(attr),
+                value=value,
+                equal=cst.AssignEqual(
+                    whitespace_before=cst.SimpleWhitespace(""),
+                    whitespace_after=cst.SimpleWhitespace(""),
+                ),
+                comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+                if position < len(folded) - 1
+                else cst.MaybeSentinel.DEFAULT,
+            )
+            for position, (attr, value) in enumerate(folded)
+        ]
+        return [_replace_call(statement, call.with_changes(args=arguments))], len(folded)
+
+    def _without_arguments(self, statement: cst.SimpleStatementLine) -> list[cst.BaseStatement]:
+        """Split a keyword construction into a bare one and attribute assignments."""
+        name, call = _parts(statement)
+        if not call.args:
+            return [statement]
+        if any(arg.keyword is None for arg in call.args):
+            self._refuse("keyword arguments only", statement)
+        assignments = [
+            cst.parse_statement(
+                f"{name}.{arg.keyword.value} = {self.module.code_for_node(arg.value)}\n",
+                config=self.module.config_for_parsing,
+            )
+            for arg in call.args
+            if arg.keyword is not None
+        ]
+        return [_replace_call(statement, call.with_changes(args=[])), *assignments]
+
+    def _refuse(self, expected: str, statement: cst.CSTNode) -> NoReturn:
+        found = self.module.code_for_node(statement).strip()
+        raise UnrecognisedStructureError(NAME, self.where, expected, found)
+
+
+def _parts(statement: cst.SimpleStatementLine) -> tuple[str, cst.Call]:
+    assign = statement.body[0]
+    assert isinstance(assign, cst.Assign)
+    target = assign.targets[0].target
+    assert isinstance(target, cst.Name)
+    assert isinstance(assign.value, cst.Call)
+    return target.value, assign.value
+
+
+def _replace_call(statement: cst.SimpleStatementLine, call: cst.Call) -> cst.SimpleStatementLine:
+    assign = statement.body[0]
+    assert isinstance(assign, cst.Assign)
+    return statement.with_changes(body=[assign.with_changes(value=call)])
+
+
+def _attribute_assignment(
+    statement: cst.BaseStatement, name: str
+) -> tuple[str, cst.BaseExpression] | None:
+    """(attr, value) for a plain, uncommented `<name>.<attr> = <value>` line."""
+    matcher = m.SimpleStatementLine(
+        body=[m.Assign(targets=[m.AssignTarget(m.Attribute(value=m.Name(name)))])],
+        leading_lines=[m.ZeroOrMore(m.EmptyLine(comment=None))],
+        trailing_whitespace=m.TrailingWhitespace(comment=None),
+    )
+    if not m.matches(statement, matcher):
+        return None
+    assert isinstance(statement, cst.SimpleStatementLine)
+    assign = statement.body[0]
+    assert isinstance(assign, cst.Assign)
+    target = assign.targets[0].target
+    assert isinstance(target, cst.Attribute)
+    return target.attr.value, assign.value
+
+
+def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
+    if environment.request_received_parameters is None:
+        return tree, FixOutcome(NAME, Outcome.NOT_NEEDED, "h2 is not installed")
+    transformer = _Transformer(tree, environment)
+    new_tree = tree.visit(transformer)
+    h2 = f"h2 {environment.h2_version}"
+    if not transformer.seen:
+        return tree, FixOutcome(
+            NAME, Outcome.NOT_APPLICABLE, "this version builds no RequestReceived events"
+        )
+    if transformer.changed:
+        form = "with keywords" if transformer.keywords else "without arguments"
+        where = ", ".join(transformer.changed)
+        return new_tree, FixOutcome(
+            NAME,
+            Outcome.REWRITTEN,
+            f"{where} now build RequestReceived {form}, as {h2} requires",
+            functions=tuple(transformer.changed),
+        )
+    if transformer.keywords:
+        return tree, FixOutcome(
+            NAME,
+            Outcome.FIXED_UPSTREAM,
+            f"RequestReceived is already built with keywords, as {h2} requires",
+        )
+    return tree, FixOutcome(
+        NAME,
+        Outcome.NOT_NEEDED,
+        f"{h2} builds RequestReceived() without arguments, as this code does",
+    )
