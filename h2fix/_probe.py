@@ -76,6 +76,8 @@ class H2Client:
         self.conn.initiate_connection()
         self.sock.sendall(self.conn.data_to_send())
         self.responses: dict[int, Response] = {}
+        #: parent stream id -> ids of the streams the server pushed with it
+        self.pushed: dict[int, list[int]] = {}
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -83,16 +85,16 @@ class H2Client:
             self.sock.sendall(self.conn.data_to_send())
         self.sock.close()
 
-    def start(self, path: str, body: bytes) -> int:
+    def start(self, path: str, body: bytes, grpc: bool = True) -> int:
         stream_id: int = self.conn.get_next_available_stream_id()
         headers = [
             (b":method", b"POST"),
             (b":scheme", b"http"),
             (b":authority", b"127.0.0.1"),
             (b":path", path.encode()),
-            (b"content-type", b"application/grpc"),
-            (b"te", b"trailers"),
         ]
+        if grpc:
+            headers += [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
         self.conn.send_headers(stream_id, headers)
         self.conn.send_data(stream_id, body, end_stream=True)
         self.sock.sendall(self.conn.data_to_send())
@@ -109,13 +111,18 @@ class H2Client:
             self.sock.sendall(self.conn.data_to_send())
         return [self.responses[s] for s in stream_ids]
 
-    def call(self, path: str, body: bytes) -> Response:
-        [response] = self.wait(self.start(path, body))
+    def call(self, path: str, body: bytes, grpc: bool = True) -> Response:
+        [response] = self.wait(self.start(path, body, grpc))
         return response
 
     def _record(self, event: Any) -> None:
         import h2.events
 
+        if isinstance(event, h2.events.PushedStreamReceived):
+            pushed = event.pushed_stream_id or 0
+            self.pushed.setdefault(event.parent_stream_id or 0, []).append(pushed)
+            self.responses[pushed] = Response()
+            return
         response = self.responses.get(getattr(event, "stream_id", 0) or 0)
         if response is None:
             return

@@ -8,7 +8,9 @@ and the payload. Methods (all take one message):
     /test.Test/Big       unary: returns int(request) bytes
     /test.Test/Stream    server stream: int(request) messages b"0", b"1", ...
     /test.Test/Fail      unary: NOT_FOUND with a grpc-message
-    /test.Test/Metadata  unary: echoes, with custom trailing metadata
+    /test.Test/Metadata  unary: echoes, with custom trailing metadata (and the worker's pid)
+
+and two plain HTTP paths: /hello (b"hello") and /push (pushes /hello, then b"pushed").
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ async def app(scope: Scope, receive: Callable[[], Any], send: Callable[[Message]
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"] in ("/hello", "/push"):
+        await _plain(scope, receive, send)
+        return
     body = b""
     while True:
         message = await receive()
@@ -81,3 +86,15 @@ async def app(scope: Scope, receive: Callable[[], Any], send: Callable[[Message]
         await send({"type": "http.response.body", "body": frame(payload), "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     await send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
+
+
+async def _plain(scope: Scope, receive: Callable[[], Any], send: Callable[[Message], Any]) -> None:
+    while (await receive()).get("more_body", False):
+        pass
+    if scope["path"] == "/push":
+        assert "http.response.push" in scope["extensions"], "server push not offered"
+        await send({"type": "http.response.push", "path": "/hello", "headers": []})
+    start = {"type": "http.response.start", "status": 200}
+    await send({**start, "headers": [(b"content-type", b"text/plain")]})
+    body = b"hello" if scope["path"] == "/hello" else b"pushed"
+    await send({"type": "http.response.body", "body": body})
