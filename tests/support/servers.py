@@ -42,10 +42,14 @@ def serving(
     worker_class: str = "asyncio",
     mode: str = "apply",
     fix: bool = WITH_FIX,
+    first_on_path: Path | None = None,
 ) -> Iterator[int]:
-    """The test gRPC app served on a free port; yields the port."""
+    """The test gRPC app served on a free port; yields the port.
+
+    `first_on_path` puts a directory (e.g. an edited copy of the server) before all others.
+    """
     port = free_port()
-    path = [str(TESTS)]
+    path = [str(TESTS)] if first_on_path is None else [str(first_on_path), str(TESTS)]
     bind = ["--bind", f"127.0.0.1:{port}", "--worker-class", worker_class]
     if mode == "apply":
         flag = "--fix" if fix else "--no-fix"
