@@ -130,11 +130,12 @@ def _status(args: argparse.Namespace) -> int:
         }
         print(json.dumps(data, indent=2))
     else:
-        print(f"target:  {report.target} {report.version}")
-        print(f"file:    {report.file}")
-        print(f"h2:      {h2_version or 'not installed'}")
+        width = max(len(o.fix) for o in report.fixes) + 2
+        print(f"{'target:':<{width}}{report.target} {report.version}")
+        print(f"{'file:':<{width}}{report.file}")
+        print(f"{'h2:':<{width}}{h2_version or 'not installed'}")
         for outcome in report.fixes:
-            print(f"{outcome.fix + ':':<8} {outcome.outcome} ({outcome.message})")
+            print(f"{outcome.fix + ':':<{width}}{outcome.outcome} ({outcome.message})")
     return 2 if any(o.outcome is Outcome.REFUSED for o in report.fixes) else 0
 
 
