@@ -13,6 +13,7 @@ from ._environment import Environment
 from ._errors import (
     FunctionReplacedError,
     H2FixError,
+    NotAProtocolError,
     SourceChangedError,
     SourceUnavailableError,
     TargetNotFoundError,
@@ -38,6 +39,7 @@ __all__ = [
     "FixOutcome",
     "FunctionReplacedError",
     "H2FixError",
+    "NotAProtocolError",
     "Outcome",
     "Report",
     "Rewrite",

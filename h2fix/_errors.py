@@ -97,3 +97,16 @@ class UnrecognisedStructureError(H2FixError):
 
 def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.strip("\n").splitlines())
+
+
+class NotAProtocolError(H2FixError):
+    """The target module holds none of the code any fix knows: not a Hypercorn-like protocol."""
+
+    def __init__(self, module: str, path: str) -> None:
+        self.module = module
+        self.path = path
+        super().__init__(
+            f"expected {module} ({path}) to be an HTTP/2 protocol module like Hypercorn's, "
+            "but none of h2fix's fixes recognise anything in it; check that the installed "
+            "package is the genuine one (pip install --force-reinstall it)"
+        )

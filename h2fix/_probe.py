@@ -67,6 +67,7 @@ class H2Client:
         import h2.connection
         import h2.settings
 
+        self.timeout = timeout
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=config)
@@ -110,6 +111,27 @@ class H2Client:
                 self._record(event)
             self.sock.sendall(self.conn.data_to_send())
         return [self.responses[s] for s in stream_ids]
+
+    def pump(self, seconds: float) -> None:
+        """Read and record whatever arrives for `seconds`, completing nothing in particular."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                break
+            finally:
+                self.sock.settimeout(self.timeout)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            for event in self.conn.receive_data(data):
+                self._record(event)
+            self.sock.sendall(self.conn.data_to_send())
+
+    def send(self) -> None:
+        """Send what the h2 connection has queued (after using `conn` directly)."""
+        self.sock.sendall(self.conn.data_to_send())
 
     def call(self, path: str, body: bytes, grpc: bool = True) -> Response:
         [response] = self.wait(self.start(path, body, grpc))

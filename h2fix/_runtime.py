@@ -17,14 +17,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import fixes as _fixes
-from ._errors import (
-    FunctionReplacedError,
-    SourceChangedError,
-    TargetNotFoundError,
-    UnrecognisedStructureError,
-)
-from ._results import FixOutcome, Outcome, Report, Rewrite
-from ._rewrite import rewrite
+from ._environment import Environment
+from ._errors import FunctionReplacedError, H2FixError, SourceChangedError, TargetNotFoundError
+from ._prepare import Prepared, patched_filename, prepare
+from ._results import FixOutcome, Outcome, Report
 from ._targets import Located, locate
 
 logger = logging.getLogger("h2fix")
@@ -70,13 +66,12 @@ def apply(
             # A wider set than before: rewrite the original with both sets.
             wanted |= state.fixes
 
-        result = rewrite(located.source, wanted, strict=False)
-        _handle_refusals(result, strict)
-        if not result.changed:
-            return _report(located, result.outcomes)
+        prepared = prepare(located, wanted, Environment.detect())
+        _handle_refusals(prepared.refusals, strict)
+        if not prepared.new_code:
+            return _report(located, prepared.outcomes)
 
-        filename = f"{located.file} (patched by h2fix)"
-        replacements = _compile_replacements(result, located, module, filename, state)
+        replacements = _replacements(prepared, located, module, state)
         originals = dict(state.originals) if state else {}
         for qualname in replacements:
             originals.setdefault(qualname, _live(module, qualname, located.file))
@@ -86,14 +81,15 @@ def apply(
             replace(o, outcome=Outcome.ALREADY_APPLIED if o.fix in before else Outcome.APPLIED)
             if o.outcome is Outcome.REWRITTEN
             else o
-            for o in result.outcomes
+            for o in prepared.outcomes
         )
         # Forget the previous text only after the new one is in place.
         if state is not None:
             linecache.cache.pop(state.filename, None)
-        _register_source(filename, result.source)
+        filename = patched_filename(located)
+        _register_source(filename, prepared.source)
         _applied[target] = _Applied(
-            fixes=frozenset(o.fix for o in result.outcomes if o.outcome is Outcome.REWRITTEN),
+            fixes=frozenset(o.fix for o in prepared.outcomes if o.outcome is Outcome.REWRITTEN),
             originals=originals,
             patched=replacements,
             filename=filename,
@@ -124,13 +120,13 @@ def status(target: str = "hypercorn", fixes: Iterable[str] | None = None) -> Rep
     with _lock:
         located = locate(target)
         state = _applied.get(target)
-        result = rewrite(located.source, wanted, strict=False)
+        prepared = prepare(located, frozenset(wanted), Environment.detect())
     done = state.fixes if state else frozenset()
     outcomes = tuple(
         replace(o, outcome=Outcome.ALREADY_APPLIED if o.fix in done else Outcome.PENDING)
         if o.outcome is Outcome.REWRITTEN
         else o
-        for o in result.outcomes
+        for o in prepared.outcomes
     )
     return _report(located, outcomes)
 
@@ -186,8 +182,7 @@ def _previously_applied(
     )
 
 
-def _handle_refusals(result: Rewrite, strict: bool) -> None:
-    refusals = result.refusals
+def _handle_refusals(refusals: tuple[H2FixError, ...], strict: bool) -> None:
     if refusals and strict:
         raise refusals[0]
     for error in refusals:
@@ -225,55 +220,25 @@ def _describe(function: types.FunctionType) -> str:
     return f"{function.__module__}.{function.__qualname__} from {where}"
 
 
-def _code_at(module_code: types.CodeType, qualname: str) -> types.CodeType | None:
-    """The code object of the function `qualname` defined in `module_code`."""
-    code = module_code
-    for part in qualname.split("."):
-        # The last definition of a name is the one the class or module keeps.
-        candidates = [
-            c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == part
-        ]
-        if not candidates:
-            return None
-        code = candidates[-1]
-    return code
-
-
-def _compile_replacements(
-    result: Rewrite,
-    located: Located,
-    module: types.ModuleType,
-    filename: str,
-    state: _Applied | None,
+def _replacements(
+    prepared: Prepared, located: Located, module: types.ModuleType, state: _Applied | None
 ) -> dict[str, types.FunctionType]:
-    # dont_inherit: h2fix's own `from __future__` flags must not leak into the target.
-    original_code = compile(result.original, located.file, "exec", dont_inherit=True)
-    new_code = compile(result.source, filename, "exec", dont_inherit=True)
     replacements = {}
-    for qualname in result.changed_functions:
+    for qualname, code in prepared.new_code.items():
         if state is not None and qualname in state.originals:
-            original = state.originals[qualname]
+            original = state.originals[qualname]  # checked when it was first replaced
         else:
             original = _live(module, qualname, located.file)
-            _expect_defined_in_file(original, original_code, qualname, located)
-        code = _code_at(new_code, qualname)
-        if code is None or code.co_freevars != original.__code__.co_freevars:
-            raise UnrecognisedStructureError(
-                ",".join(o.fix for o in result.outcomes if qualname in o.functions),
-                qualname,
-                "the rewritten function to compile to one function of the same closure",
-                "no such function" if code is None else f"free variables {code.co_freevars}",
-            )
+            _expect_defined_in_file(original, prepared.original_code[qualname], qualname, located)
         replacements[qualname] = _rebuild(original, code)
     return replacements
 
 
 def _expect_defined_in_file(
-    live: types.FunctionType, module_code: types.CodeType, qualname: str, located: Located
+    live: types.FunctionType, disk: types.CodeType, qualname: str, located: Located
 ) -> None:
     """Refuse unless `live` is what the file on disk defines, so we never patch a stranger."""
-    disk = _code_at(module_code, qualname)
-    if disk is not None and live.__code__ == disk:
+    if live.__code__ == disk:
         return
     if live.__code__.co_filename != located.file or live.__qualname__ != qualname:
         raise FunctionReplacedError(qualname, located.file, _describe(live))

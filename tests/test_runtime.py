@@ -307,3 +307,44 @@ def test_apply_on_hypercorn_018_changes_nothing() -> None:
     )
     expected = "0.18.0 ['already fixed upstream', 'already fixed upstream'] False"
     assert result.stdout.strip() == expected, result.stderr
+
+
+def test_unreadable_source_is_refused(tmp_path: Path) -> None:
+    h2 = copy_package("hypercorn", tmp_path)
+    result = run_python(
+        f"""
+        import os, h2fix, hypercorn.protocol.h2 as module
+        before = module.H2Protocol.stream_send
+        os.remove({str(h2)!r})
+        os.symlink("nowhere", {str(h2)!r})  # as root, permissions would not stop a read
+        try:
+            h2fix.apply()
+        except h2fix.SourceUnavailableError as error:
+            print("refused:", error)
+        assert module.H2Protocol.stream_send is before
+        """,
+        tmp_path,
+    )
+    assert "refused: expected the Python source of hypercorn.protocol.h2" in result.stdout, (
+        result.stderr
+    )
+    assert "cannot be read (No such file or directory)" in result.stdout
+
+
+def test_not_a_protocol_module_is_refused(tmp_path: Path) -> None:
+    h2 = copy_package("hypercorn", tmp_path)
+    h2.write_text("class H2Protocol:\n    pass\n")
+    result = run_python(
+        """
+        import h2fix
+        for call in (h2fix.apply, h2fix.status):
+            try:
+                call()
+            except h2fix.NotAProtocolError as error:
+                print("refused:", error)
+        """,
+        tmp_path,
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert all("none of h2fix's fixes recognise anything in it" in line for line in lines)

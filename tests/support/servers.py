@@ -13,8 +13,9 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from h2fix._probe import free_port
 from h2fix._probe import serving as serving_command
@@ -36,17 +37,19 @@ def vendored_copy(target: str, out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serving(
+def running_server(
     tmp_path: Path,
     target: str = "hypercorn",
     worker_class: str = "asyncio",
     mode: str = "apply",
     fix: bool = WITH_FIX,
     first_on_path: Path | None = None,
-) -> Iterator[int]:
-    """The test gRPC app served on a free port; yields the port.
+    extra: Sequence[str] = (),
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """The test gRPC app served on a free port; yields the port and the server process.
 
-    `first_on_path` puts a directory (e.g. an edited copy of the server) before all others.
+    `first_on_path` puts a directory (e.g. an edited copy of the server) before all others;
+    `extra` adds arguments to support.serve (mode "apply").
     """
     port = free_port()
     path = [str(TESTS)] if first_on_path is None else [str(first_on_path), str(TESTS)]
@@ -54,7 +57,7 @@ def serving(
     if mode == "apply":
         flag = "--fix" if fix else "--no-fix"
         command = ["-m", "support.serve", "--target", target, "--port", str(port), flag]
-        command += ["--worker-class", worker_class]
+        command += ["--worker-class", worker_class, *extra]
     elif mode == "run":
         launcher = ["-m", "h2fix", "run", "--", target] if fix else ["-m", target]
         command = [*launcher, APP, *bind, "--workers", "2"]
@@ -68,6 +71,13 @@ def serving(
     log = tmp_path / f"server-{port}.log"
     with (
         log.open("wb") as output,
-        serving_command([sys.executable, *command], port, log=output, env=env),
+        serving_command([sys.executable, *command], port, log=output, env=env) as process,
     ):
+        yield port, process
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, *args: Any, **kwargs: Any) -> Iterator[int]:
+    """As running_server, yielding the port only."""
+    with running_server(tmp_path, *args, **kwargs) as (port, _):
         yield port
