@@ -24,10 +24,11 @@ class Environment:
     @classmethod
     def detect(cls) -> Environment:
         try:
-            h2_version = importlib.metadata.version("h2")
             import h2.events
-        except (importlib.metadata.PackageNotFoundError, ImportError):
+        except ImportError:
             return cls()
+        # h2 states its version; asking importlib.metadata costs milliseconds at start-up.
+        h2_version = getattr(h2, "__version__", None) or importlib.metadata.version("h2")
         parameters = inspect.signature(h2.events.RequestReceived).parameters.values()
         return cls(
             h2_version=h2_version,

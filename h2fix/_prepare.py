@@ -11,6 +11,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from . import _cache
 from ._environment import Environment
 from ._errors import H2FixError, NotAProtocolError, UnrecognisedStructureError
 from ._results import FixOutcome, Outcome
@@ -49,12 +50,23 @@ def cache_key(
 
 
 def prepare(located: Located, fixes: frozenset[str], environment: Environment) -> Prepared:
+    """The prepared code: from this process's memo, the disk cache, or made now."""
     key = cache_key(located, fixes, environment)
     prepared = _memo.get(key)
-    if prepared is None:
+    if prepared is not None:
+        return prepared
+    entry_key = _cache.key(key)
+    entry = _cache.load(entry_key)
+    if entry is not None:
+        prepared = Prepared(*entry)
+    else:
         prepared = _prepare(located, fixes, environment)
-        if not prepared.refusals:
-            _memo[key] = prepared
+        if prepared.refusals:
+            return prepared  # never kept: a refusal is re-examined every time
+        entry = (prepared.source, prepared.outcomes, dict(prepared.original_code),
+                 dict(prepared.new_code))  # fmt: skip
+        _cache.store(entry_key, entry)
+    _memo[key] = prepared
     return prepared
 
 

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 import h2fix
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The suite, and every server it starts, keeps its start-up cache to itself.
+    os.environ["H2FIX_CACHE_DIR"] = tempfile.mkdtemp(prefix="h2fix-test-cache-")
 
 
 @pytest.fixture(autouse=True)
