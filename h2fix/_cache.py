@@ -22,7 +22,6 @@ import marshal
 import os
 import stat
 import sys
-import tempfile
 import types
 from pathlib import Path
 
@@ -55,13 +54,14 @@ def key(parts: tuple[object, ...]) -> str:
 def _code_stamp() -> tuple[tuple[str, int, int], ...]:
     """Sizes and times of the code that makes entries, so an edited checkout never
     reads entries an older edit wrote under the same version number."""
-    package = Path(__file__).parent
-    files = [package / "_rewrite.py", package / "_prepare.py"]
-    files += sorted((package / "fixes").glob("*.py"))
+    package = os.path.dirname(__file__)
+    fixes = os.path.join(package, "fixes")
+    files = [os.path.join(package, "_rewrite.py"), os.path.join(package, "_prepare.py")]
+    files += sorted(os.path.join(fixes, n) for n in os.listdir(fixes) if n.endswith(".py"))
     stamps = []
     for file in files:
-        info = file.stat()
-        stamps.append((file.name, info.st_size, info.st_mtime_ns))
+        info = os.stat(file)
+        stamps.append((os.path.basename(file), info.st_size, info.st_mtime_ns))
     return tuple(stamps)
 
 
@@ -90,6 +90,8 @@ def store(entry_key: str, entry: Entry) -> None:
     folder = directory()
     if folder is None:
         return
+    import tempfile  # deferred: only the cold path writes
+
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         _check_private(folder, is_dir=True)

@@ -6,8 +6,6 @@ Kept apart from the rewrite so that the rewrite stays a pure function of
 
 from __future__ import annotations
 
-import importlib.metadata
-import inspect
 from dataclasses import dataclass
 
 
@@ -27,13 +25,19 @@ class Environment:
             import h2.events
         except ImportError:
             return cls()
-        # h2 states its version; asking importlib.metadata costs milliseconds at start-up.
-        h2_version = getattr(h2, "__version__", None) or importlib.metadata.version("h2")
-        parameters = inspect.signature(h2.events.RequestReceived).parameters.values()
+        # Read off the constructor's code object: `inspect` and `importlib.metadata`
+        # would cost more at start-up than everything else apply() does when warm.
+        init = h2.events.RequestReceived.__init__
+        code = init.__code__
+        names = code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount]
+        positional_defaults = len(init.__defaults__ or ())
+        with_defaults = set(init.__kwdefaults__ or ()) | set(
+            code.co_varnames[code.co_argcount - positional_defaults : code.co_argcount]
+        )
         return cls(
-            h2_version=h2_version,
-            request_received_parameters=tuple(p.name for p in parameters),
-            request_received_required=tuple(p.name for p in parameters if p.default is p.empty),
+            h2_version=getattr(h2, "__version__", "unknown"),
+            request_received_parameters=names,
+            request_received_required=tuple(n for n in names if n not in with_defaults),
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import enum
 from dataclasses import dataclass, field
 
@@ -67,6 +66,8 @@ class Rewrite:
 
     def diff(self, fromfile: str = "a", tofile: str = "b") -> str:
         """A unified diff from the original to the rewritten source ("" if unchanged)."""
+        import difflib  # deferred: not needed at start-up
+
         return "".join(
             difflib.unified_diff(
                 self.original.splitlines(keepends=True),
