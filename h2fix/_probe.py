@@ -21,15 +21,21 @@ BODY_SIZE = 100_000  # well beyond the probe's flow-control window: DATA waits b
 WINDOW = 4096
 
 
+async def lifespan(receive: Callable[[], Any], send: Callable[..., Any]) -> None:
+    """Answer an ASGI lifespan scope: start-up, then shutdown."""
+    while True:
+        if (await receive())["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[..., Any]) -> None:
     """One gRPC-style response to any request: a large message, then trailers."""
     if scope["type"] == "lifespan":
-        while True:
-            if (await receive())["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     while (await receive()).get("more_body"):
         pass
     start = {"type": "http.response.start", "status": 200, "trailers": True}

@@ -39,12 +39,10 @@ def _frame(payload: bytes) -> bytes:
 
 async def app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[..., Any]) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            if (await receive())["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        from h2fix._probe import lifespan
+
+        await lifespan(receive, send)
+        return
     body = b""
     while True:
         message = await receive()

@@ -35,6 +35,11 @@ def replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
+def replacing(old: str, new: str) -> Callable[[str], str]:
+    """A variant that replaces `old`, which must occur exactly once, by `new`."""
+    return lambda text: replace_once(text, old, new)
+
+
 def method_span(text: str, name: str) -> tuple[int, int]:
     start = text.index(f"    async def {name}(")
     end = text.index("\n    async def ", start + 1)
@@ -81,23 +86,19 @@ def rename_attributes(text: str) -> str:
     return text
 
 
-def extra_statements(text: str) -> str:
-    return replace_once(
-        text,
-        TRAILERS_LINE,
-        "                # Trailers close the stream.\n"
-        "                trailers = list(event.headers)\n"
-        "                self.connection.send_headers(event.stream_id, trailers)  # the block\n",
-    )
+extra_statements = replacing(
+    TRAILERS_LINE,
+    "                # Trailers close the stream.\n"
+    "                trailers = list(event.headers)\n"
+    "                self.connection.send_headers(event.stream_id, trailers)  # the block\n",
+)
 
 
-def local_alias(text: str) -> str:
-    return replace_once(
-        text,
-        TRAILERS_LINE,
-        "                conn = self.connection\n"
-        "                conn.send_headers(event.stream_id, event.headers)\n",
-    )
+local_alias = replacing(
+    TRAILERS_LINE,
+    "                conn = self.connection\n"
+    "                conn.send_headers(event.stream_id, event.headers)\n",
+)
 
 
 def rename_class(text: str) -> str:
@@ -117,45 +118,39 @@ def qualified_trailers(text: str) -> str:
     return replace_once(text, "isinstance(event, Trailers)", "isinstance(event, events.Trailers)")
 
 
-def tuple_isinstance(text: str) -> str:
-    return replace_once(text, "isinstance(event, Trailers)", "isinstance(event, (Trailers,))")
+tuple_isinstance = replacing(
+    "isinstance(event, Trailers)",
+    "isinstance(event, (Trailers,))",
+)
 
 
-def keyword_call(text: str) -> str:
-    return replace_once(
-        text,
-        TRAILERS_LINE,
-        "                self.connection.send_headers("
-        "stream_id=event.stream_id, headers=event.headers)\n",
-    )
+keyword_call = replacing(
+    TRAILERS_LINE,
+    "                self.connection.send_headers("
+    "stream_id=event.stream_id, headers=event.headers)\n",
+)
 
 
-def wrapped_call(text: str) -> str:
-    return replace_once(
-        text,
-        TRAILERS_LINE,
-        "                self.connection.send_headers(\n"
-        "                    event.stream_id,\n"
-        "                    event.headers,\n"
-        "                )\n",
-    )
+wrapped_call = replacing(
+    TRAILERS_LINE,
+    "                self.connection.send_headers(\n"
+    "                    event.stream_id,\n"
+    "                    event.headers,\n"
+    "                )\n",
+)
 
 
-def end_stream_false(text: str) -> str:
-    return replace_once(
-        text,
-        TRAILERS_LINE,
-        TRAILERS_LINE.replace("event.headers)", "event.headers, end_stream=False)"),
-    )
+end_stream_false = replacing(
+    TRAILERS_LINE,
+    TRAILERS_LINE.replace("event.headers)", "event.headers, end_stream=False)"),
+)
 
 
-def half_fixed(text: str) -> str:
-    return replace_once(
-        text,
-        TRAILERS_LINE,
-        "                self.priority.unblock(event.stream_id)\n"
-        "                await self.has_data.set()\n" + TRAILERS_LINE,
-    )
+half_fixed = replacing(
+    TRAILERS_LINE,
+    "                self.priority.unblock(event.stream_id)\n"
+    "                await self.has_data.set()\n" + TRAILERS_LINE,
+)
 
 
 def rename_event_variable(text: str) -> str:
@@ -187,27 +182,23 @@ def subclass_overrides(text: str) -> str:
     return text + "\n\nclass PushlessH2Protocol(H2Protocol):\n" + text[start:end]
 
 
-def send_in_try(text: str) -> str:
-    return replace_once(
-        text,
-        TRAILERS_LINE,
-        "                try:\n    " + TRAILERS_LINE + "                except KeyError:\n"
-        "                    pass\n",
-    )
+send_in_try = replacing(
+    TRAILERS_LINE,
+    "                try:\n    " + TRAILERS_LINE + "                except KeyError:\n"
+    "                    pass\n",
+)
 
 
-def end_stream_computed(text: str) -> str:
-    return replace_once(
-        text,
-        TRAILERS_LINE,
-        TRAILERS_LINE.replace("event.headers)", "event.headers, end_stream=last)"),
-    )
+end_stream_computed = replacing(
+    TRAILERS_LINE,
+    TRAILERS_LINE.replace("event.headers)", "event.headers, end_stream=last)"),
+)
 
 
-def shared_branch(text: str) -> str:
-    return replace_once(
-        text, "isinstance(event, Trailers)", "isinstance(event, (Trailers, InformationalResponse))"
-    )
+shared_branch = replacing(
+    "isinstance(event, Trailers)",
+    "isinstance(event, (Trailers, InformationalResponse))",
+)
 
 
 def no_reference_block(text: str) -> str:

@@ -65,23 +65,20 @@ TO_NO_ARGUMENTS = {
 }
 
 
-@pytest.mark.parametrize(("before", "after"), TO_KEYWORDS.values(), ids=TO_KEYWORDS.keys())
-def test_to_keywords(before: str, after: str) -> None:
+REWRITES = {
+    **{f"to-keywords-{k}": (H2_KEYWORD_EVENTS, *v) for k, v in TO_KEYWORDS.items()},
+    **{f"to-no-arguments-{k}": (H2_NO_ARGUMENT_EVENTS, *v) for k, v in TO_NO_ARGUMENTS.items()},
+}
+
+
+@pytest.mark.parametrize(("environment", "before", "after"), REWRITES.values(), ids=REWRITES.keys())
+def test_rewrites(environment: Environment, before: str, after: str) -> None:
     expected = module(after)
     cst.parse_module(expected)
-    result = rewrite(module(before), H2_KEYWORD_EVENTS)
+    result = rewrite(module(before), environment)
     assert result.source == expected
     [outcome] = result.outcomes
     assert (outcome.outcome, outcome.functions) == (Outcome.REWRITTEN, ("H2Protocol.initiate",))
-
-
-@pytest.mark.parametrize(("before", "after"), TO_NO_ARGUMENTS.values(), ids=TO_NO_ARGUMENTS.keys())
-def test_to_no_arguments(before: str, after: str) -> None:
-    expected = module(after)
-    cst.parse_module(expected)
-    result = rewrite(module(before), H2_NO_ARGUMENT_EVENTS)
-    assert result.source == expected
-    assert [o.outcome for o in result.outcomes] == [Outcome.REWRITTEN]
 
 
 NOOPS = {

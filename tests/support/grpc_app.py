@@ -19,6 +19,8 @@ import os
 import struct
 from typing import Any, Callable
 
+from h2fix._probe import lifespan
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
@@ -56,13 +58,8 @@ def _handle(path: str, request: bytes) -> tuple[list[bytes], list[tuple[bytes, b
 
 async def app(scope: Scope, receive: Callable[[], Any], send: Callable[[Message], Any]) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     if scope["path"] in ("/hello", "/push"):
         await _plain(scope, receive, send)
         return
