@@ -31,6 +31,9 @@ _lock = threading.RLock()
 
 @dataclass(frozen=True)
 class _Applied:
+    #: The patched module and its file, so revert() needs neither the source nor an import.
+    module: types.ModuleType
+    file: str
     fixes: frozenset[str]
     #: qualname -> the function that was there before h2fix touched it
     originals: dict[str, types.FunctionType]
@@ -71,10 +74,10 @@ def apply(
         if not prepared.new_code:
             return _report(located, prepared.outcomes)
 
-        replacements = _replacements(prepared, located, module, state)
+        pairs = _replacements(prepared, located, module, state)
+        replacements = {qualname: new for qualname, (_, new) in pairs.items()}
         originals = dict(state.originals) if state else {}
-        for qualname in replacements:
-            originals.setdefault(qualname, _live(module, qualname, located.file))
+        originals.update((qualname, original) for qualname, (original, _) in pairs.items())
         _swap(module, replacements)
         before = state.fixes if state else frozenset()
         outcomes = tuple(
@@ -89,6 +92,8 @@ def apply(
         filename = patched_filename(located)
         _register_source(filename, prepared.source)
         _applied[target] = _Applied(
+            module=module,
+            file=located.file,
             fixes=frozenset(o.fix for o in prepared.outcomes if o.outcome is Outcome.REWRITTEN),
             originals=originals,
             patched=replacements,
@@ -105,11 +110,9 @@ def revert(target: str = "hypercorn") -> None:
         state = _applied.get(target)
         if state is None:
             return
-        module = _import(locate(target))
-        file = getattr(module, "__file__", None) or "?"
         for qualname, function in state.patched.items():
-            _expect_ours(module, qualname, function, file)
-        _swap(module, state.originals)
+            _expect_ours(state.module, qualname, function, state.file)
+        _swap(state.module, state.originals)
         linecache.cache.pop(state.filename, None)
         del _applied[target]
 
@@ -222,16 +225,17 @@ def _describe(function: types.FunctionType) -> str:
 
 def _replacements(
     prepared: Prepared, located: Located, module: types.ModuleType, state: _Applied | None
-) -> dict[str, types.FunctionType]:
-    replacements = {}
+) -> dict[str, tuple[types.FunctionType, types.FunctionType]]:
+    """qualname -> (the original function, the one to swap in) for each changed function."""
+    pairs = {}
     for qualname, code in prepared.new_code.items():
         if state is not None and qualname in state.originals:
             original = state.originals[qualname]  # checked when it was first replaced
         else:
             original = _live(module, qualname, located.file)
             _expect_defined_in_file(original, prepared.original_code[qualname], qualname, located)
-        replacements[qualname] = _rebuild(original, code)
-    return replacements
+        pairs[qualname] = (original, _rebuild(original, code))
+    return pairs
 
 
 def _expect_defined_in_file(

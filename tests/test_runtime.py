@@ -83,6 +83,23 @@ def test_traceback_shows_the_patched_line() -> None:
     assert frame.filename.startswith(sys.modules["hypercorn.protocol.h2"].__file__)
 
 
+def test_revert_needs_no_source(tmp_path: Path) -> None:
+    """Reverting works after the file is gone (say, removed by an upgrade in place)."""
+    h2 = copy_package("hypercorn", tmp_path)
+    result = run_python(
+        f"""
+        import os, h2fix, hypercorn.protocol.h2 as module
+        before = module.H2Protocol.stream_send
+        h2fix.apply()
+        os.remove({str(h2)!r})
+        h2fix.revert()
+        print("restored:", module.H2Protocol.stream_send is before)
+        """,
+        tmp_path,
+    )
+    assert result.stdout.strip() == "restored: True", result.stderr
+
+
 def test_apply_twice_is_a_no_op() -> None:
     h2fix.apply()
     first = stream_send()
