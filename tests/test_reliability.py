@@ -48,15 +48,22 @@ def well_formed(response: Response, size: int) -> bool:
     )
 
 
-def leftovers(port: int) -> list[dict[str, Any]]:
-    """What finished connections' protocol objects still hold, as the server reports it."""
+def call_on_new_connection(port: int, path: str, body: bytes = b"", grpc: bool = True) -> Response:
     client = H2Client(port)
     try:
-        response = client.call("/debug/protocols", b"", grpc=False)
+        return client.call(path, body, grpc=grpc)
     finally:
         client.close()
-    closed: list[dict[str, Any]] = [p for p in json.loads(response.body) if p["closed"]]
-    return closed
+
+
+def debug(port: int, path: str) -> Any:
+    """What the test server reports about itself at /debug/<path>."""
+    return json.loads(call_on_new_connection(port, f"/debug/{path}", grpc=False).body)
+
+
+def leftovers(port: int) -> list[dict[str, Any]]:
+    """What finished connections' protocol objects still hold."""
+    return [p for p in debug(port, "protocols") if p["closed"]]
 
 
 def wait_until_closed(port: int, count: int) -> list[dict[str, Any]]:
@@ -121,11 +128,7 @@ def test_client_closes_the_connection_while_trailers_wait(server: tuple[int, Any
     client.start("/test.Test/Big", frame(str(BIG).encode()))
     client.pump(0.5)
     client.sock.close()  # abruptly: no GOAWAY
-    fresh = H2Client(port)
-    try:
-        assert well_formed(fresh.call("/test.Test/Big", frame(b"5000")), 5000)
-    finally:
-        fresh.close()
+    assert well_formed(call_on_new_connection(port, "/test.Test/Big", frame(b"5000")), 5000)
     closed = wait_until_closed(port, 2)
     assert len(closed) == 2
     # A connection that died mid-response ends with its send task; nothing may be stuck in
@@ -199,11 +202,7 @@ def test_apply_revert_1000_times_while_serving(tmp_path: Path, threads: int) -> 
         while time.monotonic() < deadline:
             done = toggled(port)
             # A fresh connection per request: the old code breaks HPACK for what follows.
-            client = H2Client(port)
-            try:
-                response = client.call("/test.Test/Big", frame(b"3000"))
-            finally:
-                client.close()
+            response = call_on_new_connection(port, "/test.Test/Big", frame(b"3000"))
             kinds[classify(response)] += 1
             if done:
                 break
@@ -215,12 +214,8 @@ def test_apply_revert_1000_times_while_serving(tmp_path: Path, threads: int) -> 
 
 
 def toggled(port: int) -> bool:
-    client = H2Client(port)
-    try:
-        done: bool = json.loads(client.call("/debug/toggle", b"", grpc=False).body)["done"]
-        return done
-    finally:
-        client.close()
+    done: bool = debug(port, "toggle")["done"]
+    return done
 
 
 def classify(response: Response) -> str:
