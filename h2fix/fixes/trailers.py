@@ -119,7 +119,7 @@ class _TrailersTransformer(ScopeTracker):
     def leave_If(self, original_node: cst.If, updated_node: cst.If) -> cst.If:
         test = original_node.test
         if m.matches(test, _ISINSTANCE_TRAILERS):
-            body = self._fixed_body(updated_node, updated_node.body)
+            body = self._fixed_body(updated_node)
             return updated_node if body is None else updated_node.with_changes(body=body)
         if m.matches(test, _ISINSTANCE_TRAILERS_AMONG_OTHERS) and m.findall(
             original_node.body, _SEND_HEADERS
@@ -132,7 +132,7 @@ class _TrailersTransformer(ScopeTracker):
     ) -> cst.MatchCase:
         pattern = original_node.pattern
         if m.matches(pattern, _CASE_TRAILERS) and original_node.guard is None:
-            body = self._fixed_body(updated_node, updated_node.body)
+            body = self._fixed_body(updated_node)
             return updated_node if body is None else updated_node.with_changes(body=body)
         if m.findall(pattern, m.MatchClass(cls=_TRAILERS_CLASS)) and m.findall(
             original_node.body, _SEND_HEADERS
@@ -140,8 +140,9 @@ class _TrailersTransformer(ScopeTracker):
             self._refuse(_ALONE + ", with no guard", original_node)
         return updated_node
 
-    def _fixed_body(self, branch: _BranchNode, body: cst.BaseSuite) -> cst.BaseSuite | None:
+    def _fixed_body(self, branch: _BranchNode) -> cst.BaseSuite | None:
         """The branch body with the fix in place, or None when it must not change."""
+        body = branch.body
         sends = bool(m.findall(body, _SEND_HEADERS))
         record = _Branch(self.where, self._code(branch), sends)
         self.branches.append(record)
