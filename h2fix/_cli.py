@@ -19,10 +19,11 @@ from . import __version__
 from . import fixes as _fixes
 from ._environment import Environment
 from ._errors import H2FixError, UnrecognisedStructureError
+from ._prepare import expect_protocol
 from ._results import FixOutcome, Outcome, Rewrite
 from ._rewrite import rewrite
 from ._runtime import status
-from ._targets import TARGETS, locate, read_source
+from ._targets import TARGETS, Located, locate, read_source
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,15 @@ class _Subject:
 
     label: str  # shown in diffs (a/<label>, b/<label>) and in messages
     source: str
+    #: The installed target this file belongs to; None for a file given by path.
+    located: Located | None = None
+
+    def rewrite(self, fixes: list[str] | None) -> Rewrite:
+        """What apply() would do to this file; an installed target is checked as apply() does."""
+        result = rewrite(self.source, fixes, strict=False)
+        if self.located is not None:
+            expect_protocol(self.located, result)
+        return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,7 +107,7 @@ def _diff(args: argparse.Namespace) -> int:
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     refused = False
     for subject in _subjects(args):
-        result = rewrite(subject.source, args.fix, strict=False)
+        result = subject.rewrite(args.fix)
         text = result.diff(f"a/{subject.label}", f"b/{subject.label}")
         sys.stdout.write(_colorize(text) if color else text)
         refused |= _print_refusals(subject, result, sys.stderr)
@@ -107,7 +117,7 @@ def _diff(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     pending = refused = False
     for subject in _subjects(args):
-        result = rewrite(subject.source, args.fix, strict=False)
+        result = subject.rewrite(args.fix)
         for outcome in result.outcomes:
             shown = Outcome.PENDING if outcome.outcome is Outcome.REWRITTEN else outcome.outcome
             print(f"{subject.label}: {outcome.fix}: {shown} ({outcome.message})", file=sys.stderr)
@@ -182,7 +192,7 @@ def _subjects(args: argparse.Namespace) -> list[_Subject]:
     if args.paths:
         return [_Subject(path, read_source(path, path)) for path in args.paths]
     located = locate(args.target)
-    return [_Subject(located.relative_file, located.source)]
+    return [_Subject(located.relative_file, located.source, located)]
 
 
 def _print_refusals(subject: _Subject, result: Rewrite, out: TextIO) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from . import _cache
 from ._environment import Environment
 from ._errors import H2FixError, NotAProtocolError, UnrecognisedStructureError
-from ._results import FixOutcome, Outcome
+from ._results import FixOutcome, Outcome, Rewrite
 from ._rewrite import rewrite
 from ._targets import Located
 
@@ -72,8 +72,7 @@ def prepare(located: Located, fixes: frozenset[str], environment: Environment) -
 
 def _prepare(located: Located, fixes: frozenset[str], environment: Environment) -> Prepared:
     result = rewrite(located.source, fixes, environment=environment, strict=False)
-    if all(o.outcome is Outcome.NOT_APPLICABLE for o in result.outcomes):
-        raise NotAProtocolError(located.target.module, located.file)
+    expect_protocol(located, result)
     original_code: dict[str, types.CodeType] = {}
     new_code: dict[str, types.CodeType] = {}
     if result.changed:
@@ -91,6 +90,12 @@ def _prepare(located: Located, fixes: frozenset[str], environment: Environment) 
                 )
             original_code[qualname], new_code[qualname] = original, new
     return Prepared(result.source, result.outcomes, original_code, new_code)
+
+
+def expect_protocol(located: Located, result: Rewrite) -> None:
+    """Refuse an installed target in which no fix recognises anything at all."""
+    if all(o.outcome is Outcome.NOT_APPLICABLE for o in result.outcomes):
+        raise NotAProtocolError(located.target.module, located.file)
 
 
 def code_at(module_code: types.CodeType, qualname: str) -> types.CodeType | None:

@@ -354,14 +354,19 @@ def test_not_a_protocol_module_is_refused(tmp_path: Path) -> None:
     result = run_python(
         """
         import h2fix
+        from h2fix._cli import main
         for call in (h2fix.apply, h2fix.status):
             try:
                 call()
             except h2fix.NotAProtocolError as error:
                 print("refused:", error)
+        for command in ("check", "diff"):
+            print("exit", command, main([command]))
         """,
         tmp_path,
     )
     lines = result.stdout.splitlines()
-    assert len(lines) == 2, result.stderr
+    assert lines[2:] == ["exit check 2", "exit diff 2"], result.stderr
+    assert result.stderr.count("none of h2fix's fixes recognise anything in it") == 2
+    lines = lines[:2]
     assert all("none of h2fix's fixes recognise anything in it" in line for line in lines)
