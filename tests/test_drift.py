@@ -9,6 +9,7 @@ never silently patched wrong.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -215,6 +216,74 @@ def guarded_case(text: str) -> str:
     return replace_once(to_match(text), "case Trailers():", "case Trailers() if self.config:")
 
 
+# --- traps: each a way a shape-based matcher patches wrongly (issue: prove every patch) -----
+
+SEND_THEN_FLUSH = TRAILERS_LINE + "                await self._flush()\n"
+STREAM_SEND_DEF = "    async def stream_send(self, event: StreamEvent) -> None:\n"
+
+decoy_inbound_drain = replacing(
+    TRAILERS_LINE, "                await self.inbound[event.stream_id].drain()\n" + TRAILERS_LINE
+)
+
+
+def decoy_activity_event(text: str) -> str:
+    text = replace_once(
+        text, TRAILERS_LINE, "                await self.activity.set()\n" + TRAILERS_LINE
+    )
+    return replace_once(
+        text,
+        "        self.has_data = self.context.event_class()\n",
+        "        self.has_data = self.context.event_class()\n"
+        "        self.activity = self.context.event_class()\n",
+    )
+
+
+fullwidth_keyword = replacing(
+    TRAILERS_LINE, TRAILERS_LINE.replace("event.headers)", "event.headers, \uff45nd_stream=False)")
+)
+upstream_fix_through_a_local = replacing(
+    TRAILERS_LINE,
+    "                self.priority.unblock(event.stream_id)\n"
+    "                await self.has_data.set()\n"
+    "                buffer = self.stream_buffers[event.stream_id]\n"
+    "                await buffer.drain()\n"
+    + TRAILERS_LINE.replace("event.headers)", "event.headers, end_stream=True)"),
+)
+send_in_a_closure = replacing(
+    TRAILERS_LINE,
+    "                async def send() -> None:\n"
+    "    " + TRAILERS_LINE + "                await send()\n",
+)
+static_method = replacing(STREAM_SEND_DEF, "    @staticmethod\n" + STREAM_SEND_DEF)
+id_with_side_effects = replacing(
+    TRAILERS_LINE, TRAILERS_LINE.replace("(event.stream_id,", "(self.ids.pop(event.stream_id),")
+)
+mapped_stream_id = replacing(
+    TRAILERS_LINE, TRAILERS_LINE.replace("(event.stream_id,", "(self.ids[event.stream_id],")
+)
+ends_the_stream_after = replacing(
+    SEND_THEN_FLUSH,
+    TRAILERS_LINE + "                self.connection.end_stream(event.stream_id)\n"
+    "                await self._flush()\n",
+)
+connection_wrapper = replacing(
+    "        self.connection = h2.connection.H2Connection(", "        self.connection = Wrapped("
+)
+method_replaced_later = replacing(
+    "    async def _handle_events(", "    stream_send = None\n\n    async def _handle_events("
+)
+class_defined_twice = replacing(
+    "class H2Protocol:\n",
+    "if sys.version_info < (3,):\n\n    class H2Protocol:\n        pass\n\n\nclass H2Protocol:\n",
+)
+FIRST_BRANCH = "        try:\n            if isinstance(event, (InformationalResponse, Response)):"
+branch_after_return = replacing(FIRST_BRANCH, "        return\n" + FIRST_BRANCH)
+receiver_rebound = replacing(TRAILERS_LINE, "                self = self.other\n" + TRAILERS_LINE)
+buffer_deleted_first = replacing(
+    TRAILERS_LINE, "                del self.stream_buffers[event.stream_id]\n" + TRAILERS_LINE
+)
+
+
 FIXED = {
     "match-case": (to_match, "H2Protocol.stream_send"),
     "method-renamed": (rename_method, "H2Protocol.send_stream_event"),
@@ -231,6 +300,12 @@ FIXED = {
     "half-fixed": (half_fixed, "H2Protocol.stream_send"),
     "event-variable-renamed": (rename_event_variable, "H2Protocol.stream_send"),
     "decoy-elsewhere": (decoy_elsewhere, "H2Protocol.stream_send"),
+    "decoy-inbound-drain": (decoy_inbound_drain, "H2Protocol.stream_send"),
+    "decoy-activity-event": (decoy_activity_event, "H2Protocol.stream_send"),
+    "fullwidth-end-stream-keyword": (fullwidth_keyword, "H2Protocol.stream_send"),
+}
+LEFT_ALONE = {
+    "upstream-fix-through-a-local": upstream_fix_through_a_local,
 }
 SERVED = [
     "match-case",
@@ -241,6 +316,8 @@ SERVED = [
     "class-renamed",
     "class-subclassed",
     "qualified-trailers",
+    "decoy-activity-event",
+    "fullwidth-end-stream-keyword",
 ]
 REFUSED = {
     "helper-method": (helper_method, "call <connection>.send_headers itself"),
@@ -248,8 +325,19 @@ REFUSED = {
     "send-in-try": (send_in_try, "directly in the branch"),
     "end-stream-computed": (end_stream_computed, "literal True or False"),
     "shared-branch": (shared_branch, "a branch for Trailers alone"),
-    "no-reference-block": (no_reference_block, "confirm the attributes"),
+    "no-reference-block": (no_reference_block, "end-of-body branch"),
     "guarded-case": (guarded_case, "with no guard"),
+    "send-in-a-closure": (send_in_a_closure, "directly in the branch"),
+    "static-method": (static_method, "a plain method"),
+    "stream-id-with-side-effects": (id_with_side_effects, "on the stream the end-of-body"),
+    "mapped-stream-id": (mapped_stream_id, "on the stream the end-of-body"),
+    "ends-the-stream-after": (ends_the_stream_after, "only in the steps and the send"),
+    "connection-wrapper": (connection_wrapper, "H2Connection"),
+    "method-replaced-later": (method_replaced_later, "defined once in class"),
+    "class-defined-twice": (class_defined_twice, "the class defined once"),
+    "branch-after-return": (branch_after_return, "the branch reachable"),
+    "receiver-rebound": (receiver_rebound, "never reassigned"),
+    "buffer-deleted-first": (buffer_deleted_first, "only in the steps and the send"),
 }
 
 
@@ -267,10 +355,19 @@ def test_variant_is_fixed(original: str, make: Callable[[str], str], function: s
     compile(result.source, "h2.py", "exec", dont_inherit=True)
     added = [line.strip() for line in result.diff().splitlines() if line.startswith("+ ")]
     assert any(line.endswith("].drain()") for line in added) or "half" in function
-    assert "end_stream=True" in result.source.split(f"def {function.split('.')[-1]}(")[1]
+    method = result.source.split(f"def {function.split('.')[-1]}(")[1]
+    assert "end_stream=True" in unicodedata.normalize("NFKC", method)
     assert h2fix.rewrite(result.source, ["trailers"]).outcomes[0].outcome.value == (
         "already fixed upstream"
     )  # idempotent: the rewritten variant needs nothing more
+
+
+@pytest.mark.parametrize("make", LEFT_ALONE.values(), ids=LEFT_ALONE.keys())
+def test_variant_is_left_alone(original: str, make: Callable[[str], str]) -> None:
+    variant = make(original)
+    result = h2fix.rewrite(variant, ["trailers"])
+    assert result.source == variant
+    assert result.outcomes[0].outcome is h2fix.Outcome.FIXED_UPSTREAM
 
 
 @pytest.mark.parametrize(("make", "expected"), REFUSED.values(), ids=REFUSED.keys())

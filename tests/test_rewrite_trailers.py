@@ -30,10 +30,11 @@ def module(trailers_branch: str, *, end_of_body: bool = True, first: str = "") -
     chain = "".join(branches).replace("elif", "if", 1)
     body = textwrap.indent(chain, " " * 12)
     return (
+        "import h2.connection\n\n"
         "from .events import EndBody, EndData, Trailers\n\n\n"
         "class H2Protocol:\n"
         "    def __init__(self) -> None:\n"
-        "        self.connection = None\n\n"
+        "        self.connection = h2.connection.H2Connection()\n\n"
         "    async def stream_send(self, event):\n"
         "        try:\n"
         f"{body}"
@@ -191,19 +192,6 @@ REWRITES = {
         """,
         FIXED,
     ),
-    "renamed-event-variable": (
-        """\
-        elif isinstance(ev, Trailers):
-            self.connection.send_headers(ev.stream_id, ev.headers)
-        """,
-        """\
-        elif isinstance(ev, Trailers):
-            self.priority.unblock(ev.stream_id)
-            await self.has_data.set()
-            await self.stream_buffers[ev.stream_id].drain()
-            self.connection.send_headers(ev.stream_id, ev.headers, end_stream=True)
-        """,
-    ),
     "comments-kept": (
         """\
         elif isinstance(event, Trailers):  # HTTP/2 trailers
@@ -248,6 +236,7 @@ def test_attribute_names_come_from_the_class() -> None:
         .replace(".has_data.", ".wakeup.")
         .replace(".stream_buffers[", ".buffers[")
         .replace("(self, event)", "(this, event)")
+        .replace("(self)", "(this)")
         .replace("self.", "this.")
     )
     result = h2fix.rewrite(renamed, ["trailers"])
@@ -256,14 +245,21 @@ def test_attribute_names_come_from_the_class() -> None:
     assert "await this.buffers[event.stream_id].drain()\n" in result.source
 
 
-def test_init_confirms_default_names_when_no_end_of_body_block() -> None:
+def test_event_variable_renamed_throughout() -> None:
+    before, after = REWRITES["hypercorn-0.17"]
+    result = h2fix.rewrite(module(before).replace("event", "ev"), ["trailers"])
+    assert result.source == module(after).replace("event", "ev")
+
+
+def test_init_alone_does_not_confirm_the_attributes() -> None:
+    # __init__ assigning the usual names proves nothing about what the server drains.
     before = module(REWRITES["hypercorn-0.17"][0], end_of_body=False).replace(
-        "        self.connection = None\n",
-        "        self.connection = None\n        self.priority = object()\n"
+        "        self.connection = h2.connection.H2Connection()\n",
+        "        self.connection = h2.connection.H2Connection()\n        self.priority = object()\n"
         "        self.has_data = object()\n        self.stream_buffers = {}\n",
     )
-    result = h2fix.rewrite(before, ["trailers"])
-    assert "await self.stream_buffers[event.stream_id].drain()" in result.source
+    with pytest.raises(UnrecognisedStructureError, match="end-of-body branch"):
+        h2fix.rewrite(before, ["trailers"])
 
 
 NOOPS = {
@@ -351,7 +347,7 @@ def test_refusals(branch: str, expected: str) -> None:
 
 def test_refuses_when_attributes_cannot_be_confirmed() -> None:
     source = module(REWRITES["hypercorn-0.17"][0], end_of_body=False)
-    with pytest.raises(UnrecognisedStructureError, match="confirm the attributes"):
+    with pytest.raises(UnrecognisedStructureError, match="end-of-body branch"):
         h2fix.rewrite(source, ["trailers"])
 
 

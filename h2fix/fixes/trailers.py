@@ -1,358 +1,947 @@
 """Fix `trailers`: end the stream with the trailers, after the buffered DATA.
 
-Hypercorn 0.17.0-0.17.3 and anycorn 0.18.x send trailers with a bare
+Hypercorn 0.17.0-0.17.3 and anycorn 0.17.3-0.18.x send trailers with a bare
 `send_headers(stream_id, headers)`. h2 encodes the header block (so the HPACK
 encoder table moves on), then raises because trailers must carry END_STREAM;
 the server swallows the error and the connection's HPACK state is now out of
 sync with the client. Even with END_STREAM, the trailers would overtake DATA
 still waiting in the stream's send buffer.
 
-The repaired branch first does what the end-of-body branch does (unblock the
-stream in the priority tree, wake the sending task, wait for the buffer to
-drain) and then sends the trailers with `end_stream=True`.
+The repaired branch first does what the end-of-body branch of the same dispatch
+does (unblock the stream in the priority tree, wake the sending task, wait for
+the stream's buffer to drain) and then sends the trailers with `end_stream=True`.
 
-Everything is located by structure. The attribute names used by the inserted
-statements are learned from the same class, never assumed.
+The fix reads as: find the one branch that sends trailers, prove every
+assumption the rewrite makes (each check below raises with what it expected and
+what it found), then rewrite. Nothing is assumed from names alone: the objects
+the inserted statements act on are the ones the end-of-body branch acts on, with
+the same receiver and the same stream key, and the call it changes is shown to
+be h2's `H2Connection.send_headers`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import NoReturn, Union
 
 import libcst as cst
-import libcst.matchers as m
 
 from .._environment import Environment
 from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
-from ._scopes import ScopeTracker, self_name
+from ._syntax import (
+    bindings_of,
+    bound_names,
+    class_methods,
+    class_names,
+    dotted,
+    first_parameter,
+    identifier,
+    imported_as,
+    is_pure,
+    keyword,
+    method_call,
+    module_bindings,
+    same_expression,
+    self_attribute,
+    statement_expression,
+    statement_names,
+    walk,
+)
 
 NAME = "trailers"
 
-_TRAILERS_CLASS = m.Name("Trailers") | m.Attribute(attr=m.Name("Trailers"))
-_ISINSTANCE_TRAILERS = m.Call(
-    func=m.Name("isinstance"),
-    args=[
-        m.Arg(keyword=None, star=""),
-        m.Arg(
-            value=_TRAILERS_CLASS | m.Tuple(elements=[m.Element(_TRAILERS_CLASS)]),
-            keyword=None,
-            star="",
-        ),
-    ],
-)
-# `isinstance(event, (Trailers, Other))`: a branch shared with other events.
-_ISINSTANCE_TRAILERS_AMONG_OTHERS = m.Call(
-    func=m.Name("isinstance"),
-    args=[
-        m.Arg(),
-        m.Arg(value=m.Tuple(elements=[m.ZeroOrMore(), m.Element(_TRAILERS_CLASS), m.ZeroOrMore()])),
-    ],
-)
-_CASE_TRAILERS = m.MatchClass(cls=_TRAILERS_CLASS, patterns=[], kwds=[])
-_ALONE = "a branch for Trailers alone (it must end the stream, other events must not)"
-_SEND_HEADERS = m.Call(func=m.Attribute(attr=m.Name("send_headers")))
-# Attributes that, assigned in __init__, confirm the default names on their own.
-_DEFAULT_NAMES = ("priority", "has_data", "stream_buffers")
+_Branch = Union[cst.If, cst.MatchCase]
+# Calls that end a stream or the connection; seen after the send, they would undo the fix.
+_ENDING_CALLS = frozenset({"end_stream", "reset_stream", "close_connection"})
+
+
+class _Refusal(Exception):
+    """A proof obligation failed: what was expected, and the code found instead."""
+
+    def __init__(self, expected: str, found: cst.CSTNode | str | None = None) -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.found = found
+
+
+# --- find ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Arm:
+    """One branch of a dispatch on the event's class."""
+
+    node: _Branch
+    #: The dispatched variable (`event`), when the test is `isinstance(<name>, ...)`.
+    subject: str | None
+    #: The event class names tested, or None when the test is not a plain class test.
+    classes: tuple[str, ...] | None
+    guarded: bool
+
+    @property
+    def mentions_trailers(self) -> bool:
+        test = self.node.test if isinstance(self.node, cst.If) else self.node.pattern
+        return any(_is_class_reference(node, "Trailers") for node in walk(test))
+
+    @property
+    def for_trailers_alone(self) -> bool:
+        return self.classes == ("Trailers",) and not self.guarded
+
+    @property
+    def body(self) -> cst.BaseSuite:
+        return self.node.body
+
+
+@dataclass(frozen=True)
+class _Dispatch:
+    """An if/elif chain or a match statement, and the nodes that enclose it."""
+
+    arms: tuple[_Arm, ...]
+    #: From the module down to (not including) the dispatch's first statement.
+    ancestors: tuple[cst.CSTNode, ...]
+    statement: cst.CSTNode
+
+    @property
+    def where(self) -> str:
+        names = [
+            identifier(node.name)
+            for node in self.ancestors
+            if isinstance(node, (cst.ClassDef, cst.FunctionDef))
+        ]
+        return ".".join(names) or "<module>"
+
+
+class _Finder(cst.CSTVisitor):
+    """Collects every dispatch on an event's class (if/elif chains and match statements)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dispatches: list[_Dispatch] = []
+        self._stack: list[cst.CSTNode] = []
+        self._in_chain: set[int] = set()
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.If) and id(node) not in self._in_chain:
+            arms = tuple(_if_arm(branch) for branch in self._chain(node))
+            self.dispatches.append(_Dispatch(arms, tuple(self._stack), node))
+        elif isinstance(node, cst.Match):
+            subject = identifier(node.subject) if isinstance(node.subject, cst.Name) else None
+            arms = tuple(_case_arm(case, subject) for case in node.cases)
+            self.dispatches.append(_Dispatch(arms, tuple(self._stack), node))
+        self._stack.append(node)
+        return True
+
+    def on_leave(self, original_node: cst.CSTNode) -> None:
+        self._stack.pop()
+
+    def _chain(self, head: cst.If) -> Iterator[cst.If]:
+        """`if`, its `elif`s, and an `else:` holding nothing but another `if` (drifted elif)."""
+        branch: cst.If | None = head
+        while branch is not None:
+            self._in_chain.add(id(branch))
+            yield branch
+            orelse = branch.orelse
+            branch = None
+            if isinstance(orelse, cst.If):
+                branch = orelse
+            elif (
+                isinstance(orelse, cst.Else)
+                and isinstance(orelse.body, cst.IndentedBlock)
+                and len(orelse.body.body) == 1
+                and isinstance(orelse.body.body[0], cst.If)
+            ):
+                branch = orelse.body.body[0]
+
+
+def _if_arm(branch: cst.If) -> _Arm:
+    test = branch.test
+    if (
+        isinstance(test, cst.Call)
+        and isinstance(test.func, cst.Name)
+        and identifier(test.func) == "isinstance"
+        and len(test.args) == 2
+        and all(arg.keyword is None and not arg.star for arg in test.args)
+        and isinstance(test.args[0].value, cst.Name)
+    ):
+        subject = identifier(test.args[0].value)
+        return _Arm(branch, subject, _class_names(test.args[1].value), guarded=False)
+    return _Arm(branch, None, None, guarded=False)
+
+
+def _class_names(node: cst.BaseExpression) -> tuple[str, ...] | None:
+    """`Trailers`, `events.Trailers`, `(A, b.B)` -> the class names; None for anything else."""
+    name = dotted(node)
+    if name is not None:
+        return (name.rsplit(".", 1)[-1],)
+    if isinstance(node, cst.Tuple) and node.elements:
+        names: list[str] = []
+        for element in node.elements:
+            inner = dotted(element.value) if isinstance(element, cst.Element) else None
+            if inner is None:
+                return None
+            names.append(inner.rsplit(".", 1)[-1])
+        return tuple(names)
+    return None
+
+
+def _case_arm(case: cst.MatchCase, subject: str | None) -> _Arm:
+    patterns: Sequence[cst.MatchPattern] = [case.pattern]
+    if isinstance(case.pattern, cst.MatchOr):
+        patterns = [element.pattern for element in case.pattern.patterns]
+    names: list[str] = []
+    for pattern in patterns:
+        name = dotted(pattern.cls) if isinstance(pattern, cst.MatchClass) else None
+        if (
+            name is None
+            or not isinstance(pattern, cst.MatchClass)
+            or (pattern.patterns or pattern.kwds)
+        ):
+            return _Arm(case, subject, None, case.guard is not None)
+        names.append(name.rsplit(".", 1)[-1])
+    return _Arm(case, subject, tuple(names), case.guard is not None)
+
+
+def _is_class_reference(node: cst.CSTNode, name: str) -> bool:
+    if isinstance(node, cst.Name):
+        return identifier(node) == name
+    return isinstance(node, cst.Attribute) and identifier(node.attr) == name
+
+
+def _sends(node: cst.CSTNode) -> bool:
+    return any(_is_send_headers(child) for child in walk(node))
+
+
+def _is_send_headers(node: cst.CSTNode) -> bool:
+    call = method_call(node) if isinstance(node, cst.BaseExpression) else None
+    return call is not None and call[1] == "send_headers"
+
+
+# --- prove ---------------------------------------------------------------------
 
 
 class _Step(enum.Enum):
-    """The statements the end-of-body branch runs before the stream may end."""
+    """What the end-of-body branch does before a stream may end, in this order."""
 
     UNBLOCK = "{self}.{attr}.unblock({stream_id})"
     WAKE = "await {self}.{attr}.set()"
     DRAIN = "await {self}.{attr}[{stream_id}].drain()"
 
-    def matcher(self, self_name: str) -> m.SimpleStatementLine:
-        owner = m.Attribute(value=m.Name(self_name), attr=m.SaveMatchedNode(m.Name(), "attr"))
-        call: m.Call
-        if self is _Step.UNBLOCK:
-            return m.SimpleStatementLine(
-                body=[m.Expr(m.Call(func=m.Attribute(value=owner, attr=m.Name("unblock"))))]
-            )
-        if self is _Step.WAKE:
-            call = m.Call(func=m.Attribute(value=owner, attr=m.Name("set")), args=[])
-        else:
-            call = m.Call(
-                func=m.Attribute(value=m.Subscript(value=owner), attr=m.Name("drain")),
-                args=[],
-            )
-        return m.SimpleStatementLine(body=[m.Expr(m.Await(call))])
-
-    def attribute_in(self, statement: cst.CSTNode, self_name: str) -> str | None:
-        """The attribute name this statement uses for this step, if it is this step."""
-        found = m.extract(statement, self.matcher(self_name))
-        if found is None:
-            return None
-        name = found["attr"]
-        assert isinstance(name, cst.Name)
-        return name.value
-
 
 _STEPS = tuple(_Step)
 
 
-@dataclass
-class _Branch:
-    """One `isinstance(<event>, Trailers)` (or `case Trailers():`) branch seen in the module."""
+@dataclass(frozen=True)
+class _StepCall:
+    """A statement that is one of the steps: which, on which attribute, for which key."""
 
-    where: str
-    code: str
-    sends: bool
-    changed: bool = False
-
-
-_BranchNode = Union[cst.If, cst.MatchCase]
+    step: _Step
+    attribute: str
+    key: cst.BaseExpression | None  # the stream key (UNBLOCK, DRAIN)
+    #: For a drain through a local (`buffer = self.b[key]; await buffer.drain()`): the local.
+    local: str | None = None
 
 
-class _TrailersTransformer(ScopeTracker):
-    def __init__(self, module: cst.Module) -> None:
-        super().__init__()
-        self.module = module
-        self.branches: list[_Branch] = []
-        # Per class: the attribute names learned for the steps (None: not confirmed).
-        self._names: dict[int, dict[_Step, str] | None] = {}
-
-    def leave_If(self, original_node: cst.If, updated_node: cst.If) -> cst.If:
-        test = original_node.test
-        if m.matches(test, _ISINSTANCE_TRAILERS):
-            body = self._fixed_body(updated_node)
-            return updated_node if body is None else updated_node.with_changes(body=body)
-        if m.matches(test, _ISINSTANCE_TRAILERS_AMONG_OTHERS) and m.findall(
-            original_node.body, _SEND_HEADERS
-        ):
-            self._refuse(_ALONE, original_node)
-        return updated_node
-
-    def leave_MatchCase(
-        self, original_node: cst.MatchCase, updated_node: cst.MatchCase
-    ) -> cst.MatchCase:
-        pattern = original_node.pattern
-        if m.matches(pattern, _CASE_TRAILERS) and original_node.guard is None:
-            body = self._fixed_body(updated_node)
-            return updated_node if body is None else updated_node.with_changes(body=body)
-        if m.findall(pattern, m.MatchClass(cls=_TRAILERS_CLASS)) and m.findall(
-            original_node.body, _SEND_HEADERS
-        ):
-            self._refuse(_ALONE + ", with no guard", original_node)
-        return updated_node
-
-    def _fixed_body(self, branch: _BranchNode) -> cst.BaseSuite | None:
-        """The branch body with the fix in place, or None when it must not change."""
-        body = branch.body
-        sends = bool(m.findall(body, _SEND_HEADERS))
-        record = _Branch(self.where, self._code(branch), sends)
-        self.branches.append(record)
-        if not sends:
-            return None  # decides later: a decoy, or a delegation to refuse
-        if not isinstance(body, cst.IndentedBlock):
-            self._refuse("the branch body on its own lines", branch)
-        statements = list(body.body)
-        send_index = self._send_headers_index(statements, branch)
-        _, receiver = self._method(branch)
-        present = self._present_steps(statements, receiver)
-        self._check_order(present, send_index, branch)
-
-        send_line = statements[send_index]
-        assert isinstance(send_line, cst.SimpleStatementLine)
-        send_expr = send_line.body[0]
-        assert isinstance(send_expr, cst.Expr)
-        assert isinstance(send_expr.value, cst.Call)
-        call = send_expr.value
-        new_call = self._with_end_stream(call, branch)
-        missing = [step for step in _STEPS if step not in present]
-        if not missing and new_call is call:
-            return None  # already fixed upstream: leave it byte for byte
-
-        stream_id = self.module.code_for_node(self._stream_id(call, branch))
-        names = self._class_names(branch) if missing else {}
-        inserted: dict[int, list[cst.BaseStatement]] = {}
-        for index, step in enumerate(_STEPS):
-            if step in present:
-                continue
-            anchor = next(
-                (present[later] for later in _STEPS[index + 1 :] if later in present),
-                send_index,
-            )
-            code = step.value.format(self=receiver, attr=names[step], stream_id=stream_id)
-            inserted.setdefault(anchor, []).append(
-                cst.parse_statement(code + "\n", config=self.module.config_for_parsing)
-            )
-        new_statements: list[cst.BaseStatement] = []
-        for index, statement in enumerate(statements):
-            new_statements.extend(inserted.get(index, []))
-            if index == send_index:
-                statement = send_line.with_changes(body=[send_expr.with_changes(value=new_call)])
-            new_statements.append(statement)
-        record.changed = True
-        return body.with_changes(body=new_statements)
-
-    def _send_headers_index(
-        self, statements: Sequence[cst.BaseStatement], branch: _BranchNode
-    ) -> int:
-        direct = [
-            index
-            for index, statement in enumerate(statements)
-            if m.matches(statement, m.SimpleStatementLine(body=[m.Expr(_SEND_HEADERS)]))
-        ]
-        if len(direct) != 1:
-            self._refuse(
-                "exactly one `<connection>.send_headers(...)` statement directly in the branch",
-                branch,
-            )
-        return direct[0]
-
-    def _method(self, branch: _BranchNode) -> tuple[cst.FunctionDef, str]:
-        """The enclosing method and the name of its first parameter (`self`)."""
-        method, cls = self.function, self.cls
-        if method is None or cls is None or cls not in self.scopes[: self.scopes.index(method)]:
-            self._refuse("the branch inside a method of a class", branch)
-        if method.asynchronous is None:
-            self._refuse("the branch inside an `async def` method (it awaits the drain)", branch)
-        name = self_name(method)
-        if name is None:
-            self._refuse("a method with a `self` parameter", branch)
-        return method, name
-
-    @staticmethod
-    def _present_steps(statements: Sequence[cst.BaseStatement], self_name: str) -> dict[_Step, int]:
-        present: dict[_Step, int] = {}
-        for index, statement in enumerate(statements):
-            for step in _STEPS:
-                if step not in present and step.attribute_in(statement, self_name):
-                    present[step] = index
-        return present
-
-    def _check_order(self, present: dict[_Step, int], send_index: int, branch: _BranchNode) -> None:
-        positions = [present[step] for step in _STEPS if step in present] + [send_index]
-        if positions != sorted(positions):
-            self._refuse("unblock, then set, then drain, all before send_headers", branch)
-
-    def _stream_id(self, call: cst.Call, branch: _BranchNode) -> cst.BaseExpression:
-        for arg in call.args:
-            if arg.keyword is not None and arg.keyword.value == "stream_id":
-                return arg.value
-        positional = [arg for arg in call.args if arg.keyword is None]
-        if not positional or positional[0].star:
-            self._refuse("the stream id as the first argument of send_headers", branch)
-        return positional[0].value
-
-    def _with_end_stream(self, call: cst.Call, branch: _BranchNode) -> cst.Call:
-        """`call` with end_stream=True; the same object when it already has it."""
-        args = list(call.args)
-        if any(arg.star for arg in args):
-            self._refuse("send_headers called without *args or **kwargs", branch)
-        # h2: send_headers(stream_id, headers, end_stream=False, ...)
-        positional = [i for i, arg in enumerate(args) if arg.keyword is None]
-        keyword = [
-            i for i, arg in enumerate(args) if arg.keyword and arg.keyword.value == "end_stream"
-        ]
-        slot = keyword or positional[2:3]
-        if slot:
-            value = args[slot[0]].value
-            if m.matches(value, m.Name("True")):
-                return call
-            if not m.matches(value, m.Name("False")):
-                self._refuse("end_stream given as the literal True or False", branch)
-            args[slot[0]] = args[slot[0]].with_changes(value=cst.Name("True"))
-            return call.with_changes(args=args)
-        # The new argument takes the last one's place at the end of the call (its
-        # trailing comma and the white space before ")"); the last one gets the
-        # separator the call already uses between arguments.
-        last = args[-1]
-        separator = args[-2].comma if len(args) > 1 else cst.MaybeSentinel.DEFAULT
-        if not isinstance(separator, cst.Comma):
-            separator = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-        new_arg = cst.Arg(
-            keyword=cst.Name("end_stream"),
-            value=cst.Name("True"),
-            equal=cst.AssignEqual(
-                whitespace_before=cst.SimpleWhitespace(""),
-                whitespace_after=cst.SimpleWhitespace(""),
-            ),
-            comma=last.comma,
-            whitespace_after_arg=last.whitespace_after_arg,
-        )
-        args[-1] = last.with_changes(comma=separator, whitespace_after_arg=cst.SimpleWhitespace(""))
-        return call.with_changes(args=[*args, new_arg])
-
-    def _class_names(self, branch: _BranchNode) -> dict[_Step, str]:
-        """Attribute names of the priority tree, the wake-up event and the buffers.
-
-        Learned from a block of the same class that already runs all three steps
-        (the end-of-body branch), or confirmed by `__init__` for the default names.
-        """
-        cls = self.cls
-        assert cls is not None  # _method() checked
-        if id(cls) not in self._names:
-            self._names[id(cls)] = _names_from_class(cls)
-        names = self._names[id(cls)]
-        if names is None:
-            self._refuse(
-                f"class {cls.name.value} to confirm the attributes the fix uses: a block that "
-                "already runs unblock/set/drain (the end-of-body branch), or __init__ "
-                f"assigning {', '.join(_DEFAULT_NAMES)}",
-                branch,
-            )
-        return names
-
-    def _code(self, branch: _BranchNode) -> str:
-        # An if branch alone, without the elif/else chain that follows it.
-        node = branch.with_changes(orelse=None) if isinstance(branch, cst.If) else branch
-        return self.module.code_for_node(node).strip("\n")
-
-    def _refuse(self, expected: str, branch: _BranchNode) -> NoReturn:
-        raise UnrecognisedStructureError(NAME, self.where, expected, self._code(branch))
-
-
-def _names_from_class(cls: cst.ClassDef) -> dict[_Step, str] | None:
-    methods = [n for n in cls.body.body if isinstance(n, cst.FunctionDef)]
-    for method in methods:
-        receiver = self_name(method)
-        if receiver is None:
-            continue
-        for block in m.findall(method, m.IndentedBlock()):
-            assert isinstance(block, cst.IndentedBlock)
-            names: dict[_Step, str] = {}
-            for statement in block.body:
-                for step in _STEPS:
-                    attr = step.attribute_in(statement, receiver)
-                    if attr is not None:
-                        names.setdefault(step, attr)
-            if len(names) == len(_STEPS):
-                return names
-    for method in methods:
-        receiver = self_name(method)
-        if method.name.value != "__init__" or receiver is None:
-            continue
-        target = m.Attribute(value=m.Name(receiver))
-        assigned = set()
-        for node in m.findall(method, m.AssignTarget(target=target) | m.AnnAssign(target=target)):
-            assert isinstance(node, (cst.AssignTarget, cst.AnnAssign))
-            assert isinstance(node.target, cst.Attribute)
-            assigned.add(node.target.attr.value)
-        if set(_DEFAULT_NAMES) <= assigned:
-            return dict(zip(_STEPS, _DEFAULT_NAMES))
+def _step_call(statement: cst.CSTNode, receiver: str) -> _StepCall | None:
+    """The step this statement is, read off the objects it acts on; None if none."""
+    expression = statement_expression(statement)
+    awaited = isinstance(expression, cst.Await)
+    if isinstance(expression, cst.Await):
+        expression = expression.expression
+    call = method_call(expression) if expression is not None else None
+    if call is None:
+        return None
+    owner, method, node = call
+    if method == "unblock" and not awaited:
+        attribute = self_attribute(owner, receiver)
+        if attribute and len(node.args) == 1 and _plain_positional(node.args[0]):
+            return _StepCall(_Step.UNBLOCK, attribute, node.args[0].value)
+    elif method == "set" and awaited and not node.args:
+        attribute = self_attribute(owner, receiver)
+        if attribute:
+            return _StepCall(_Step.WAKE, attribute, None)
+    elif method == "drain" and awaited and not node.args:
+        item = _self_item(owner, receiver)
+        if item is not None:
+            return _StepCall(_Step.DRAIN, item[0], item[1])
+        if isinstance(owner, cst.Name):
+            return _StepCall(_Step.DRAIN, "", None, local=identifier(owner))
     return None
 
 
-def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
-    transformer = _TrailersTransformer(tree)
-    new_tree = tree.visit(transformer)
-    senders = [b for b in transformer.branches if b.sends]
-    if not senders:
-        if transformer.branches:
-            branch = transformer.branches[0]
-            raise UnrecognisedStructureError(
-                NAME,
-                branch.where,
-                "the isinstance(..., Trailers) branch to call <connection>.send_headers itself",
-                branch.code,
+def _self_item(node: cst.BaseExpression, receiver: str) -> tuple[str, cst.BaseExpression] | None:
+    """(attr, key) for `<receiver>.attr[key]`."""
+    if (
+        isinstance(node, cst.Subscript)
+        and len(node.slice) == 1
+        and isinstance(node.slice[0].slice, cst.Index)
+        and node.slice[0].slice.star is None
+    ):
+        attribute = self_attribute(node.value, receiver)
+        if attribute:
+            return attribute, node.slice[0].slice.value
+    return None
+
+
+def _plain_positional(arg: cst.Arg) -> bool:
+    return arg.keyword is None and not arg.star
+
+
+@dataclass
+class _Objects:
+    """What the end-of-body branch shows: the attribute of each step and the stream key."""
+
+    attributes: dict[_Step, str]
+    key: cst.BaseExpression
+
+
+@dataclass
+class _Plan:
+    """Everything the rewrite needs, each part proven."""
+
+    where: str
+    receiver: str
+    objects: _Objects
+    body: cst.IndentedBlock
+    send_index: int
+    send_call: cst.Call
+    stream_id: cst.BaseExpression
+    present: dict[_Step, int] = field(default_factory=dict)
+
+
+class _Proof:
+    """The proof obligations for the one branch that sends trailers."""
+
+    def __init__(self, module: cst.Module, dispatch: _Dispatch, arm: _Arm) -> None:
+        self.module = module
+        self.dispatch = dispatch
+        self.arm = arm
+        self.bindings = module_bindings(module)
+        self.classes = {
+            name: nodes[0]
+            for name, nodes in self.bindings.items()
+            if len(nodes) == 1 and isinstance(nodes[0], cst.ClassDef)
+        }
+
+    def plan(self) -> _Plan:
+        cls, method = self.method_of_module_class()
+        receiver = self.receiver(method)
+        self.method_is_live(cls, method)
+        self.not_overridden(cls, method)
+        self.branch_is_reachable(method)
+        self.no_earlier_branch_takes_trailers()
+        objects = self.end_of_body_objects(receiver)
+        body = self.branch_body()
+        send_index, call = self.one_direct_send(body)
+        connection_names = self.sent_on_h2_connection(cls, method, receiver, call)
+        stream_id = self.on_the_drained_stream(call, objects, body, send_index)
+        present = self.steps_present(body, send_index, receiver, objects)
+        self.nothing_else_touches(body, send_index, present, receiver, objects, connection_names)
+        self.nothing_after_ends_the_stream(cls, body, send_index, receiver)
+        self.methods_exist(cls, objects)
+        return _Plan(
+            self.dispatch.where, receiver, objects, body, send_index, call, stream_id, present
+        )
+
+    # Each check: one obligation, its refusal beside it.
+
+    def method_of_module_class(self) -> tuple[cst.ClassDef, cst.FunctionDef]:
+        ancestors = self.dispatch.ancestors
+        functions = [i for i, node in enumerate(ancestors) if isinstance(node, cst.FunctionDef)]
+        expected = (
+            "the branch directly in a method of a module-level class, so the inserted "
+            "statements act on that method's `self` (not in a nested function or class)"
+        )
+        if not functions or any(
+            isinstance(node, cst.ClassDef) for node in ancestors[functions[-1] :]
+        ):
+            raise _Refusal(expected)
+        index = functions[-1]
+        method = ancestors[index]
+        assert isinstance(method, cst.FunctionDef)
+        if index < 3 or not (
+            isinstance(ancestors[index - 1], cst.IndentedBlock)
+            and isinstance(ancestors[index - 2], cst.ClassDef)
+            and isinstance(ancestors[index - 3], cst.Module)
+        ):
+            raise _Refusal(expected)
+        cls = ancestors[index - 2]
+        assert isinstance(cls, cst.ClassDef)
+        if method.decorators:
+            raise _Refusal(
+                "a plain method (a decorator may make its first parameter something other "
+                "than the protocol object)",
+                f"@{self.module.code_for_node(method.decorators[0].decorator)}",
             )
-        if m.findall(tree, _TRAILERS_CLASS):
+        if method.asynchronous is None:
+            raise _Refusal("an `async def` method (the fix awaits the drain)")
+        if self.classes.get(identifier(cls.name)) is not cls:
+            raise _Refusal(
+                "the class defined once in the module (with two definitions, which one runs "
+                "depends on how the module executes)",
+                f"class {identifier(cls.name)} bound more than once",
+            )
+        return cls, method
+
+    def receiver(self, method: cst.FunctionDef) -> str:
+        receiver = first_parameter(method)
+        if receiver is None:
+            raise _Refusal("a method with a `self` parameter")
+        if receiver in bound_names(method.body):
+            raise _Refusal(
+                f"`{receiver}` never reassigned in the method (it names the protocol object)",
+                f"an assignment to {receiver} in {self.dispatch.where}",
+            )
+        return receiver
+
+    def method_is_live(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
+        name = identifier(method.name)
+        statements: list[cst.CSTNode] = list(cls.body.body)
+        if name in statement_names(statements[statements.index(method) + 1 :]):
+            raise _Refusal(
+                f"{name} defined once in class {identifier(cls.name)} (a later definition "
+                "or assignment replaces this one, which then never runs)",
+                f"{name} bound again later in the class body",
+            )
+
+    def not_overridden(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
+        name = identifier(method.name)
+        for subclass in self.subclasses(cls):
+            if name in class_names(subclass):
+                raise _Refusal(
+                    f"{identifier(cls.name)}.{name} not overridden in a subclass in the module "
+                    "(the server may run the override instead)",
+                    f"class {identifier(subclass.name)} defines {name}",
+                )
+
+    def branch_is_reachable(self, method: cst.FunctionDef) -> None:
+        path = [*self.dispatch.ancestors, self.dispatch.statement]
+        start = path.index(method)
+        for parent, child in zip(path[start:], path[start + 1 :]):
+            if not isinstance(parent, cst.IndentedBlock):
+                continue
+            before = list(parent.body[: _position(parent.body, child)])
+            for statement in before:
+                if isinstance(statement, cst.SimpleStatementLine) and any(
+                    isinstance(small, (cst.Return, cst.Raise, cst.Continue, cst.Break))
+                    for small in statement.body
+                ):
+                    raise _Refusal(
+                        "the branch reachable: no return, raise, break or continue before it",
+                        statement,
+                    )
+
+    def no_earlier_branch_takes_trailers(self) -> None:
+        for arm in self.dispatch.arms:
+            if arm is self.arm:
+                return
+            if isinstance(arm.node, cst.MatchCase) and arm.classes is None:
+                raise _Refusal(
+                    "only class patterns before `case Trailers():` (anything else may "
+                    "take the trailers first)",
+                    self.module.code_for_node(arm.node.pattern),
+                )
+            if isinstance(arm.node, cst.If) and (
+                arm.classes is None or arm.subject != self.arm.subject
+            ):
+                raise _Refusal(
+                    f"only isinstance({self.arm.subject}, ...) tests before the trailers "
+                    "branch (anything else may take the trailers first)",
+                    self.module.code_for_node(arm.node.test),
+                )
+            if arm.classes is not None and "Trailers" in arm.classes:
+                raise _Refusal("no earlier branch for Trailers", _arm_code(self.module, arm))
+
+    def end_of_body_objects(self, receiver: str) -> _Objects:
+        references = [
+            arm
+            for arm in self.dispatch.arms
+            if arm.classes is not None
+            and "EndBody" in arm.classes
+            and arm.subject == self.arm.subject
+            and not arm.guarded
+        ]
+        if len(references) != 1 or not isinstance(references[0].body, cst.IndentedBlock):
+            raise _Refusal(
+                f"one end-of-body branch (isinstance({self.arm.subject}, EndBody)) in the same "
+                "dispatch, to show which objects hold the priority tree, the wake-up event "
+                "and the stream buffers (the fix acts on exactly those)",
+                f"{len(references)} such branches",
+            )
+        reference = references[0].body
+        found: dict[_Step, list[tuple[int, _StepCall]]] = {step: [] for step in _STEPS}
+        for index, statement in enumerate(reference.body):
+            call = _step_call(statement, receiver)
+            if call is not None and call.local is None:
+                found[call.step].append((index, call))
+        expected = (
+            f"the end-of-body branch to run, once each and in this order, "
+            f"{receiver}.<priority>.unblock(<stream>), await {receiver}.<event>.set() and "
+            f"await {receiver}.<buffers>[<stream>].drain()"
+        )
+        if any(len(calls) != 1 for calls in found.values()):
+            raise _Refusal(expected, _arm_code(self.module, references[0]))
+        (unblock_at, unblock), (wake_at, wake), (drain_at, drain) = (
+            found[step][0] for step in _STEPS
+        )
+        if not unblock_at < wake_at < drain_at:
+            raise _Refusal(expected, _arm_code(self.module, references[0]))
+        assert unblock.key is not None
+        assert drain.key is not None
+        if not is_pure(unblock.key) or not same_expression(self.module, unblock.key, drain.key):
+            raise _Refusal(
+                "the end-of-body branch to unblock and drain the same stream, named by a "
+                "plain name or attribute (the fix repeats it)",
+                _arm_code(self.module, references[0]),
+            )
+        return _Objects(
+            {step: call.attribute for step, call in zip(_STEPS, (unblock, wake, drain))},
+            unblock.key,
+        )
+
+    def branch_body(self) -> cst.IndentedBlock:
+        body = self.arm.body
+        if not isinstance(body, cst.IndentedBlock):
+            raise _Refusal("the branch body on its own lines")
+        return body
+
+    def one_direct_send(self, body: cst.IndentedBlock) -> tuple[int, cst.Call]:
+        direct = [
+            index
+            for index, statement in enumerate(body.body)
+            if _is_send_headers_expression(statement_expression(statement))
+        ]
+        total = sum(1 for node in walk(body) if _is_send_headers(node))
+        if len(direct) != 1 or total != 1:
+            raise _Refusal(
+                "exactly one `<connection>.send_headers(...)` statement directly in the branch"
+            )
+        call = statement_expression(body.body[direct[0]])
+        assert isinstance(call, cst.Call)
+        if any(arg.star for arg in call.args):
+            raise _Refusal("send_headers called without *args or **kwargs")
+        return direct[0], call
+
+    def sent_on_h2_connection(
+        self, cls: cst.ClassDef, method: cst.FunctionDef, receiver: str, call: cst.Call
+    ) -> set[str]:
+        """The send is h2's H2Connection.send_headers: returns the names of that connection."""
+        assert isinstance(call.func, cst.Attribute)
+        owner = call.func.value
+        attribute = self_attribute(owner, receiver)
+        local = None
+        if attribute is None and isinstance(owner, cst.Name):
+            local = identifier(owner)
+            attribute = self.local_alias(method, local, receiver)
+        if attribute is None:
+            raise _Refusal(
+                f"send_headers called on {receiver}.<connection> or a local bound once to it",
+                self.module.code_for_node(call),
+            )
+        values = [value for _, value in self.assignments(cls, attribute)]
+        if not values or not all(self.is_h2_connection(value) for value in values):
+            raise _Refusal(
+                f"{receiver}.{attribute} assigned only h2.connection.H2Connection(...) in the "
+                "class, so send_headers is h2's (stream_id, headers, end_stream=False, ...)",
+                "; ".join(self.module.code_for_node(value) for value in values)
+                or f"no assignment to {receiver}.{attribute}",
+            )
+        names = {f"{receiver}.{attribute}"}
+        if local is not None:
+            names.add(local)
+        return names
+
+    def local_alias(self, method: cst.FunctionDef, local: str, receiver: str) -> str | None:
+        """`attr` when `local` is bound exactly once in the method, by `local = self.attr`."""
+        if bindings_of(method.body).count(local) != 1:
+            return None
+        for node in walk(method.body):
+            if (
+                isinstance(node, cst.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0].target, cst.Name)
+                and identifier(node.targets[0].target) == local
+            ):
+                return self_attribute(node.value, receiver)
+        return None
+
+    def is_h2_connection(self, value: cst.BaseExpression) -> bool:
+        if not isinstance(value, cst.Call):
+            return False
+        name = dotted(value.func)
+        if name == "h2.connection.H2Connection":
+            return all(_imports_h2(node) for node in self.bindings.get("h2", [None]))
+        if name is not None and "." not in name:
+            [binding, *more] = self.bindings.get(name, [None])
+            return not more and _imports_from(binding, "h2.connection", "H2Connection", name)
+        return False
+
+    def on_the_drained_stream(
+        self, call: cst.Call, objects: _Objects, body: cst.IndentedBlock, send_index: int
+    ) -> cst.BaseExpression:
+        by_keyword = [arg for arg in call.args if keyword(arg) == "stream_id"]
+        positional = [arg for arg in call.args if arg.keyword is None]
+        arg = by_keyword[0] if by_keyword else positional[0] if positional else None
+        if arg is None or not same_expression(self.module, arg.value, objects.key):
+            raise _Refusal(
+                "the trailers sent on the stream the end-of-body branch unblocks and drains "
+                f"({self.module.code_for_node(objects.key)})",
+                self.module.code_for_node(call),
+            )
+        root = (dotted(arg.value) or "").split(".")[0]
+        rebound = set().union(*(bound_names(s) for s in body.body[:send_index]))
+        if root in rebound:
+            raise _Refusal(f"`{root}` not reassigned in the branch before the send")
+        return arg.value
+
+    def steps_present(
+        self, body: cst.IndentedBlock, send_index: int, receiver: str, objects: _Objects
+    ) -> dict[_Step, int]:
+        """The steps the branch already runs, recognised by the objects they act on."""
+        present: dict[_Step, int] = {}
+        buffer_locals = self.buffer_locals(body, receiver, objects)
+        for index, statement in enumerate(body.body):
+            call = _step_call(statement, receiver)
+            if call is None or not self.acts_on(call, objects, buffer_locals):
+                continue
+            if index > send_index or call.step in present:
+                raise _Refusal(
+                    "unblock, then set, then drain, each once, all before send_headers",
+                    statement,
+                )
+            present[call.step] = index
+        positions = [present[step] for step in _STEPS if step in present]
+        if positions != sorted(positions):
+            raise _Refusal("unblock, then set, then drain, all before send_headers")
+        return present
+
+    def buffer_locals(
+        self, body: cst.IndentedBlock, receiver: str, objects: _Objects
+    ) -> dict[str, int]:
+        """Locals bound once in the branch to the stream's buffer: name -> statement index."""
+        found: dict[str, int] = {}
+        for index, statement in enumerate(body.body):
+            if not (
+                isinstance(statement, cst.SimpleStatementLine)
+                and len(statement.body) == 1
+                and isinstance(statement.body[0], cst.Assign)
+            ):
+                continue
+            assign = statement.body[0]
+            item = _self_item(assign.value, receiver)
+            if (
+                len(assign.targets) == 1
+                and isinstance(assign.targets[0].target, cst.Name)
+                and item is not None
+                and item[0] == objects.attributes[_Step.DRAIN]
+                and same_expression(self.module, item[1], objects.key)
+            ):
+                name = identifier(assign.targets[0].target)
+                if bindings_of(body).count(name) == 1:
+                    found[name] = index
+        return found
+
+    def acts_on(self, call: _StepCall, objects: _Objects, locals_: dict[str, int]) -> bool:
+        if call.local is not None:
+            return call.local in locals_
+        if call.attribute != objects.attributes[call.step]:
+            return False
+        return call.key is None or same_expression(self.module, call.key, objects.key)
+
+    def nothing_else_touches(
+        self,
+        body: cst.IndentedBlock,
+        send_index: int,
+        present: dict[_Step, int],
+        receiver: str,
+        objects: _Objects,
+        connection: set[str],
+    ) -> None:
+        """Other statements leave the stream's send state and the connection alone."""
+        buffer_locals = self.buffer_locals(body, receiver, objects)
+        guarded = {f"{receiver}.{attr}" for attr in objects.attributes.values()} | connection
+        guarded |= set(buffer_locals)
+        allowed = {*present.values(), send_index, *buffer_locals.values()}
+        for index, statement in enumerate(body.body):
+            if index in allowed or self.is_connection_alias(statement, connection):
+                continue
+            for node in walk(statement):
+                if isinstance(node, (cst.Name, cst.Attribute)) and dotted(node) in guarded:
+                    raise _Refusal(
+                        "the branch to touch the priority tree, the wake-up event, the stream "
+                        "buffers and the connection only in the steps and the send",
+                        statement,
+                    )
+
+    @staticmethod
+    def is_connection_alias(statement: cst.BaseStatement, connection: set[str]) -> bool:
+        """`conn = self.connection`, the binding of the local the send goes through."""
+        return (
+            isinstance(statement, cst.SimpleStatementLine)
+            and len(statement.body) == 1
+            and isinstance(statement.body[0], cst.Assign)
+            and len(statement.body[0].targets) == 1
+            and isinstance(statement.body[0].targets[0].target, cst.Name)
+            and identifier(statement.body[0].targets[0].target) in connection
+            and dotted(statement.body[0].value) in connection
+        )
+
+    def nothing_after_ends_the_stream(
+        self, cls: cst.ClassDef, body: cst.IndentedBlock, send_index: int, receiver: str
+    ) -> None:
+        methods = class_methods(cls)
+        for statement in body.body[send_index + 1 :]:
+            for node in walk(statement):
+                call = method_call(node) if isinstance(node, cst.BaseExpression) else None
+                if call is None or self_attribute(call[2].func, receiver) is None:
+                    continue
+                helper = methods.get(call[1])
+                if helper is not None and _ends_streams(helper):
+                    raise _Refusal(
+                        "nothing after the send that ends the stream again (it would now fail)",
+                        statement,
+                    )
+
+    def methods_exist(self, cls: cst.ClassDef, objects: _Objects) -> None:
+        """Where the module shows an object's class, it has the method the fix calls."""
+        needed = {_Step.UNBLOCK: "unblock", _Step.WAKE: "set", _Step.DRAIN: "drain"}
+        for step, attribute in objects.attributes.items():
+            for item, value in self.assignments(cls, attribute):
+                if item != (step is _Step.DRAIN):
+                    continue
+                shown = self.module_class_of(value)
+                if shown is not None and not self.defines(shown, needed[step]):
+                    raise _Refusal(
+                        f"the objects in .{attribute} to have {needed[step]}() (the end-of-body "
+                        "branch and the fix call it)",
+                        f"{self.module.code_for_node(value)}: class {identifier(shown.name)} "
+                        f"has no {needed[step]}()",
+                    )
+
+    # Helpers of the checks.
+
+    def family(self, cls: cst.ClassDef) -> list[cst.ClassDef]:
+        """The class, its base classes in the module, and its subclasses in the module."""
+        bases: list[cst.ClassDef] = []
+        pending = [cls]
+        while pending:
+            current = pending.pop()
+            for base in current.bases:
+                found = self.classes.get(dotted(base.value) or "")
+                if found is not None and found not in bases and found is not cls:
+                    bases.append(found)
+                    pending.append(found)
+        return [cls, *bases, *self.subclasses(cls)]
+
+    def subclasses(self, cls: cst.ClassDef) -> list[cst.ClassDef]:
+        found: list[cst.ClassDef] = []
+        names = {identifier(cls.name)}
+        changed = True
+        while changed:
+            changed = False
+            for name, candidate in self.classes.items():
+                if candidate in found or candidate is cls:
+                    continue
+                if any((dotted(base.value) or "") in names for base in candidate.bases):
+                    found.append(candidate)
+                    names.add(name)
+                    changed = True
+        return found
+
+    def assignments(
+        self, cls: cst.ClassDef, attribute: str
+    ) -> list[tuple[bool, cst.BaseExpression]]:
+        """Values assigned to `self.<attribute>` (False) or `self.<attribute>[...]` (True)."""
+        values: list[tuple[bool, cst.BaseExpression]] = []
+        for member in self.family(cls):
+            for method in class_methods(member).values():
+                receiver = first_parameter(method)
+                if receiver is None:
+                    continue
+                for node in walk(method):
+                    targets: list[cst.BaseExpression] = []
+                    value: cst.BaseExpression | None = None
+                    if isinstance(node, cst.Assign):
+                        targets, value = [t.target for t in node.targets], node.value
+                    elif isinstance(node, (cst.AnnAssign, cst.AugAssign)):
+                        targets, value = [node.target], node.value
+                    for target in targets:
+                        if self_attribute(target, receiver) == attribute:
+                            values.append((False, value or cst.Name("None")))
+                        item = _self_item(target, receiver)
+                        if item is not None and item[0] == attribute and value is not None:
+                            values.append((True, value))
+        return values
+
+    def module_class_of(self, value: cst.BaseExpression) -> cst.ClassDef | None:
+        """The module's own class that `value` constructs, if it visibly does."""
+        if isinstance(value, cst.Call):
+            return self.classes.get(dotted(value.func) or "")
+        return None
+
+    def defines(self, cls: cst.ClassDef, method: str) -> bool:
+        """True unless the module shows the whole class and it lacks `method`."""
+        if method in class_names(cls):
+            return True
+        for base in cls.bases:
+            shown = self.classes.get(dotted(base.value) or "")
+            if shown is None or self.defines(shown, method):
+                return True  # a base the module does not show may define it
+        return False
+
+
+def _position(nodes: Sequence[cst.CSTNode], node: cst.CSTNode) -> int:
+    """Where `node` (this very object) is in `nodes`; len(nodes) when it is not there."""
+    return next((i for i, candidate in enumerate(nodes) if candidate is node), len(nodes))
+
+
+def _is_send_headers_expression(expression: cst.BaseExpression | None) -> bool:
+    return expression is not None and _is_send_headers(expression)
+
+
+def _ends_streams(method: cst.FunctionDef) -> bool:
+    for node in walk(method):
+        call = method_call(node) if isinstance(node, cst.BaseExpression) else None
+        if call is None:
+            continue
+        if call[1] in _ENDING_CALLS:
+            return True
+        if any(keyword(arg) == "end_stream" for arg in call[2].args):
+            return True
+    return False
+
+
+def _imports_h2(node: cst.CSTNode | None) -> bool:
+    """`import h2` or `import h2.<sub>`: the statement that binds the name h2."""
+    if not isinstance(node, cst.Import):
+        return False
+    return all(
+        alias.asname is None and (dotted(alias.name) or "").split(".")[0] == "h2"
+        for alias in node.names
+        if imported_as(alias) == "h2"
+    )
+
+
+def _imports_from(node: cst.CSTNode | None, module: str, name: str, bound: str) -> bool:
+    """`from <module> import <name> [as <bound>]`."""
+    if not isinstance(node, cst.ImportFrom) or node.relative or node.module is None:
+        return False
+    if dotted(node.module) != module or isinstance(node.names, cst.ImportStar):
+        return False
+    for alias in node.names:
+        asname = alias.asname.name if alias.asname is not None else alias.name
+        if (
+            dotted(alias.name) == name
+            and isinstance(asname, cst.Name)
+            and (identifier(asname) == bound)
+        ):
+            return True
+    return False
+
+
+def _arm_code(module: cst.Module, arm: _Arm) -> str:
+    node = arm.node.with_changes(orelse=None) if isinstance(arm.node, cst.If) else arm.node
+    return module.code_for_node(node).strip("\n")
+
+
+# --- rewrite -------------------------------------------------------------------
+
+
+def _rewritten_body(module: cst.Module, plan: _Plan) -> cst.IndentedBlock | None:
+    """The branch body with the fix in place; None when it is already right."""
+    send_line = plan.body.body[plan.send_index]
+    assert isinstance(send_line, cst.SimpleStatementLine)
+    send_expr = send_line.body[0]
+    assert isinstance(send_expr, cst.Expr)
+    new_call = _with_end_stream(module, plan.send_call)
+    missing = [step for step in _STEPS if step not in plan.present]
+    if not missing and new_call is plan.send_call:
+        return None
+    stream_id = module.code_for_node(plan.stream_id)
+    inserted: dict[int, list[cst.BaseStatement]] = {}
+    for index, step in enumerate(_STEPS):
+        if step in plan.present:
+            continue
+        # Before the next step already there, else right before the send.
+        anchor = next(
+            (plan.present[later] for later in _STEPS[index + 1 :] if later in plan.present),
+            plan.send_index,
+        )
+        code = step.value.format(
+            self=plan.receiver, attr=plan.objects.attributes[step], stream_id=stream_id
+        )
+        inserted.setdefault(anchor, []).append(
+            cst.parse_statement(code + "\n", config=module.config_for_parsing)
+        )
+    statements: list[cst.BaseStatement] = []
+    for index, statement in enumerate(plan.body.body):
+        statements.extend(inserted.get(index, []))
+        if index == plan.send_index:
+            statement = send_line.with_changes(body=[send_expr.with_changes(value=new_call)])
+        statements.append(statement)
+    return plan.body.with_changes(body=statements)
+
+
+def _with_end_stream(module: cst.Module, call: cst.Call) -> cst.Call:
+    """`call` with end_stream=True; the same object when it already has it."""
+    args = list(call.args)
+    # h2: H2Connection.send_headers(stream_id, headers, end_stream=False, ...)
+    positional = [i for i, arg in enumerate(args) if arg.keyword is None]
+    by_keyword = [i for i, arg in enumerate(args) if keyword(arg) == "end_stream"]
+    slot = by_keyword or positional[2:3]
+    if slot:
+        value = args[slot[0]].value
+        if dotted(value) == "True":
+            return call
+        if dotted(value) != "False":
+            raise _Refusal("end_stream given as the literal True or False", call)
+        args[slot[0]] = args[slot[0]].with_changes(value=cst.Name("True"))
+        return call.with_changes(args=args)
+    # The new argument takes the last one's place at the end of the call (its
+    # trailing comma and the white space before ")"); the last one gets the
+    # separator the call already uses between arguments.
+    last = args[-1]
+    separator = args[-2].comma if len(args) > 1 else cst.MaybeSentinel.DEFAULT
+    if not isinstance(separator, cst.Comma):
+        separator = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+    new_arg = cst.Arg(
+        keyword=cst.Name("end_stream"),
+        value=cst.Name("True"),
+        equal=cst.AssignEqual(
+            whitespace_before=cst.SimpleWhitespace(""),
+            whitespace_after=cst.SimpleWhitespace(""),
+        ),
+        comma=last.comma,
+        whitespace_after_arg=last.whitespace_after_arg,
+    )
+    args[-1] = last.with_changes(comma=separator, whitespace_after_arg=cst.SimpleWhitespace(""))
+    return call.with_changes(args=[*args, new_arg])
+
+
+class _Replace(cst.CSTTransformer):
+    """Swaps one block for another, found by identity; everything else untouched."""
+
+    def __init__(self, old: cst.IndentedBlock, new: cst.IndentedBlock) -> None:
+        super().__init__()
+        self.old, self.new = old, new
+
+    def leave_IndentedBlock(
+        self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
+    ) -> cst.IndentedBlock:
+        return self.new if original_node is self.old else updated_node
+
+
+# --- the fix -------------------------------------------------------------------
+
+
+def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
+    finder = _Finder()
+    tree.visit(finder)
+    arms = [(d, arm) for d in finder.dispatches for arm in d.arms if arm.mentions_trailers]
+    if not arms:
+        if any(_is_class_reference(node, "Trailers") for node in walk(tree)):
             raise UnrecognisedStructureError(
                 NAME,
                 "<module>",
@@ -362,23 +951,82 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
         return tree, FixOutcome(
             NAME, Outcome.NOT_APPLICABLE, "this version has no trailers support"
         )
+    for dispatch, arm in arms:
+        if _sends(arm.body) and not arm.for_trailers_alone:
+            guard = ", with no guard" if isinstance(arm.node, cst.MatchCase) else ""
+            _refuse(
+                tree,
+                dispatch,
+                arm,
+                "a branch for Trailers alone (it must end the stream, other events must not)"
+                + guard,
+            )
+    senders = [(d, arm) for d, arm in arms if _sends(arm.body)]
     if len(senders) > 1:
         raise UnrecognisedStructureError(
             NAME,
             "<module>",
             "one branch that sends trailers",
-            f"{len(senders)}: in {', '.join(b.where for b in senders)}",
+            f"{len(senders)}: in {', '.join(d.where for d, _ in senders)}",
         )
-    branch = senders[0]
-    if not branch.changed:
+    if not senders:
+        dispatch, arm = arms[0]
+        _refuse(
+            tree,
+            dispatch,
+            arm,
+            "the isinstance(..., Trailers) branch to call <connection>.send_headers itself",
+        )
+    dispatch, sender = senders[0]
+    for other_dispatch, other in arms:
+        if other is not sender and _in_class(other_dispatch) and _calls(other.body):
+            _refuse(
+                tree,
+                other_dispatch,
+                other,
+                "one branch that handles Trailers (this one calls code h2fix cannot see, "
+                "and may be the one that runs)",
+            )
+    try:
+        plan = _Proof(tree, dispatch, sender).plan()
+        new_body = _rewritten_body(tree, plan)
+    except _Refusal as refusal:
+        _refuse(tree, dispatch, sender, refusal.expected, refusal.found)
+    if new_body is None:
         return tree, FixOutcome(
             NAME,
             Outcome.FIXED_UPSTREAM,
-            f"{branch.where} already drains the stream and ends it with the trailers",
+            f"{plan.where} already drains the stream and ends it with the trailers",
         )
-    return new_tree, FixOutcome(
+    return tree.visit(_Replace(plan.body, new_body)), FixOutcome(
         NAME,
         Outcome.REWRITTEN,
-        f"{branch.where} now drains the stream's buffer, then sends the trailers with END_STREAM",
-        functions=(branch.where,),
+        f"{plan.where} now drains the stream's buffer, then sends the trailers with END_STREAM",
+        functions=(plan.where,),
     )
+
+
+def _in_class(dispatch: _Dispatch) -> bool:
+    return any(isinstance(node, cst.ClassDef) for node in dispatch.ancestors)
+
+
+def _calls(node: cst.CSTNode) -> bool:
+    return any(isinstance(child, (cst.Call, cst.Await)) for child in walk(node))
+
+
+def _refuse(
+    module: cst.Module,
+    dispatch: _Dispatch,
+    arm: _Arm,
+    expected: str,
+    found: cst.CSTNode | str | None = None,
+) -> NoReturn:
+    if found is None:
+        text = _arm_code(module, arm)
+    elif isinstance(found, str):
+        text = f"{found}, in:\n{_arm_code(module, arm)}"
+    else:
+        text = module.code_for_node(found).strip("\n")
+        if "Trailers" not in text:
+            text = f"{text.strip()}\nin:\n{_arm_code(module, arm)}"
+    raise UnrecognisedStructureError(NAME, dispatch.where, expected, text)

@@ -1,0 +1,223 @@
+"""Small structural questions about LibCST trees, shared by the fixes.
+
+Plain `isinstance` checks on nodes: importing `libcst.matchers` alone costs about
+twice the Hypercorn import, and these questions are simple.
+"""
+
+from __future__ import annotations
+
+import ast
+import unicodedata
+from collections.abc import Iterator, Sequence
+
+import libcst as cst
+
+
+def identifier(name: cst.Name) -> str:
+    """A name as Python sees it: NFKC-normalised (fullwidth letters fold to ASCII)."""
+    return unicodedata.normalize("NFKC", name.value)
+
+
+def dotted(node: cst.BaseExpression) -> str | None:
+    """`a.b.c` for a chain of names and attributes, None for anything else."""
+    if isinstance(node, cst.Name):
+        return identifier(node)
+    if isinstance(node, cst.Attribute):
+        base = dotted(node.value)
+        return None if base is None else f"{base}.{identifier(node.attr)}"
+    return None
+
+
+def is_pure(node: cst.BaseExpression) -> bool:
+    """An expression that may be evaluated again with no effect: a name or attribute chain."""
+    return dotted(node) is not None
+
+
+def same_expression(module: cst.Module, a: cst.CSTNode, b: cst.CSTNode) -> bool:
+    """Equal as Python parses them (layout, comments and identifier spelling ignored)."""
+
+    def dump(node: cst.CSTNode) -> str:
+        return ast.dump(ast.parse("(" + module.code_for_node(node).strip() + ")", mode="eval"))
+
+    return dump(a) == dump(b)
+
+
+def self_attribute(node: cst.BaseExpression, receiver: str) -> str | None:
+    """`attr` for `<receiver>.attr`, else None."""
+    if (
+        isinstance(node, cst.Attribute)
+        and isinstance(node.value, cst.Name)
+        and identifier(node.value) == receiver
+    ):
+        return identifier(node.attr)
+    return None
+
+
+def method_call(node: cst.BaseExpression) -> tuple[cst.BaseExpression, str, cst.Call] | None:
+    """(object, method name, call) for `<object>.<method>(...)`, else None."""
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+        return node.func.value, identifier(node.func.attr), node
+    return None
+
+
+def statement_expression(statement: cst.CSTNode) -> cst.BaseExpression | None:
+    """The expression of a line holding one expression statement, else None."""
+    if (
+        isinstance(statement, cst.SimpleStatementLine)
+        and len(statement.body) == 1
+        and isinstance(statement.body[0], cst.Expr)
+    ):
+        return statement.body[0].value
+    return None
+
+
+def first_parameter(function: cst.FunctionDef) -> str | None:
+    """The name of a function's first positional parameter (a method's `self`)."""
+    params = [*function.params.posonly_params, *function.params.params]
+    return identifier(params[0].name) if params else None
+
+
+def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """Every node below `node`, `node` included, parents first."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(current.children))
+
+
+def keyword(arg: cst.Arg) -> str | None:
+    return None if arg.keyword is None else identifier(arg.keyword)
+
+
+def target_names(target: cst.BaseExpression) -> list[str]:
+    """Names bound by an assignment target (`a`, `a, *b`, `[a, (b, c)]`)."""
+    if isinstance(target, cst.Name):
+        return [identifier(target)]
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return [name for element in target.elements for name in target_names(element.value)]
+    if isinstance(target, cst.StarredElement):
+        return target_names(target.value)
+    return []
+
+
+def bound_names(node: cst.CSTNode) -> set[str]:
+    """Every name something below `node` binds, nested scopes included (so: conservative)."""
+    return set(bindings_of(node))
+
+
+def bindings_of(node: cst.CSTNode) -> list[str]:
+    """Each binding of a name below `node`, one entry per binding (nested scopes included)."""
+    names: list[str] = []
+    for child in walk(node):
+        if isinstance(
+            child,
+            (cst.AssignTarget, cst.AnnAssign, cst.AugAssign, cst.NamedExpr, cst.For, cst.CompFor,
+             cst.Del),
+        ):  # fmt: skip
+            names += target_names(child.target)
+        elif isinstance(child, (cst.WithItem, cst.ExceptHandler)):
+            asname = child.asname if isinstance(child, cst.WithItem) else child.name
+            if asname is not None and isinstance(asname.name, cst.BaseExpression):
+                names += target_names(asname.name)
+        elif isinstance(child, (cst.Import, cst.ImportFrom)) and not isinstance(
+            child.names, cst.ImportStar
+        ):
+            names += [imported_as(alias) for alias in child.names]
+        elif isinstance(child, (cst.FunctionDef, cst.ClassDef)) and child is not node:
+            names.append(identifier(child.name))
+        elif isinstance(child, (cst.Global, cst.Nonlocal)):
+            names += [identifier(item.name) for item in child.names]
+        elif isinstance(child, (cst.MatchAs, cst.MatchStar)) and child.name is not None:
+            names.append(identifier(child.name))
+        elif isinstance(child, cst.MatchMapping) and child.rest is not None:
+            names.append(identifier(child.rest))
+    return names
+
+
+def imported_as(alias: cst.ImportAlias) -> str:
+    """The name an import binds: `import a.b` binds `a`; `import a.b as c` binds `c`."""
+    if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+        return identifier(alias.asname.name)
+    name = dotted(alias.name)
+    assert name is not None  # an import's name is always a dotted name
+    return name.split(".")[0]
+
+
+def module_statements(module: cst.Module) -> Iterator[cst.BaseStatement]:
+    """Statements that run at module level: the body, and inside its if/try/with blocks."""
+    stack: list[cst.BaseStatement] = list(reversed(module.body))
+    while stack:
+        statement = stack.pop()
+        yield statement
+        if isinstance(statement, (cst.If, cst.Try, cst.With)):
+            stack.extend(reversed(_blocks_of(statement)))
+
+
+def _blocks_of(statement: cst.CSTNode) -> list[cst.BaseStatement]:
+    inner: list[cst.BaseStatement] = []
+    body = getattr(statement, "body", None)
+    if isinstance(body, cst.IndentedBlock):
+        inner.extend(body.body)
+    for name in ("orelse", "finalbody"):
+        part = getattr(statement, name, None)
+        if isinstance(part, cst.If):
+            inner.append(part)
+        elif part is not None:
+            inner.extend(_blocks_of(part))
+    for handler in getattr(statement, "handlers", ()):
+        inner.extend(_blocks_of(handler))
+    return inner
+
+
+def module_bindings(module: cst.Module) -> dict[str, list[cst.CSTNode]]:
+    """Module-level name -> the statements that bind it (imports, defs, classes, assignments)."""
+    bindings: dict[str, list[cst.CSTNode]] = {}
+    for statement in module_statements(module):
+        if isinstance(statement, (cst.FunctionDef, cst.ClassDef)):
+            bindings.setdefault(identifier(statement.name), []).append(statement)
+        elif isinstance(statement, cst.SimpleStatementLine):
+            for small in statement.body:
+                for name in _small_statement_names(small):
+                    bindings.setdefault(name, []).append(small)
+    return bindings
+
+
+def _small_statement_names(small: cst.BaseSmallStatement) -> list[str]:
+    if isinstance(small, cst.Assign):
+        return [name for target in small.targets for name in target_names(target.target)]
+    if isinstance(small, (cst.AnnAssign, cst.AugAssign)):
+        return target_names(small.target)
+    if isinstance(small, (cst.Import, cst.ImportFrom)) and not isinstance(
+        small.names, cst.ImportStar
+    ):
+        return [imported_as(alias) for alias in small.names]
+    return []
+
+
+def class_methods(cls: cst.ClassDef) -> dict[str, cst.FunctionDef]:
+    """The methods a class body defines, the last definition of each name (the one kept)."""
+    return {
+        identifier(statement.name): statement
+        for statement in cls.body.body
+        if isinstance(statement, cst.FunctionDef)
+    }
+
+
+def class_names(cls: cst.ClassDef) -> Sequence[str]:
+    """Every name the class body binds, in order (defs, classes, assignments, repeats kept)."""
+    return statement_names(cls.body.body)
+
+
+def statement_names(statements: Sequence[cst.CSTNode]) -> Sequence[str]:
+    """Every name these statements bind in their own scope, in order, repeats kept."""
+    names: list[str] = []
+    for statement in statements:
+        if isinstance(statement, (cst.FunctionDef, cst.ClassDef)):
+            names.append(identifier(statement.name))
+        elif isinstance(statement, cst.SimpleStatementLine):
+            for small in statement.body:
+                names.extend(_small_statement_names(small))
+        else:
+            names.extend(bindings_of(statement))
+    return names
