@@ -14,7 +14,7 @@ from h2fix._environment import H2_KEYWORD_EVENTS, H2_NO_ARGUMENT_EVENTS
 
 def module(body: str) -> str:
     return (
-        "import h2.events\n\n\n"
+        "import h2.events\nfrom h2.events import RequestReceived\n\n\n"
         "class H2Protocol:\n"
         "    async def initiate(self, headers):\n"
         f"{textwrap.indent(textwrap.dedent(body), ' ' * 8)}"
@@ -112,6 +112,22 @@ REFUSALS = {
         "event = h2.events.RequestReceived(1)\n",
         H2_NO_ARGUMENT_EVENTS,
         "keyword arguments only",
+    ),
+    "not-h2s-event": (
+        "event = events.RequestReceived()\nevent.stream_id = 1\n",
+        H2_KEYWORD_EVENTS,
+        "imported from h2",
+    ),
+    "value-reads-the-event": (
+        "event = h2.events.RequestReceived()\nevent.headers = headers\n"
+        "event.stream_id = event.headers[0]\n",
+        H2_KEYWORD_EVENTS,
+        "`event.stream_id = ...` right after",
+    ),
+    "split-value-reads-the-event": (
+        "event = h2.events.RequestReceived(stream_id=event.stream_id)\n",
+        H2_NO_ARGUMENT_EVENTS,
+        "do not read `event` itself",
     ),
     "keywords-missing-stream-id": (
         "event = h2.events.RequestReceived(headers=headers)\n",

@@ -221,3 +221,23 @@ def statement_names(statements: Sequence[cst.CSTNode]) -> Sequence[str]:
         else:
             names.extend(bindings_of(statement))
     return names
+
+
+def imports_package(node: cst.CSTNode | None, package: str) -> bool:
+    """`node` is `import <package>[.sub]` binding the name `package` (no alias)."""
+    if not isinstance(node, cst.Import):
+        return False
+    return all(
+        alias.asname is None and (dotted(alias.name) or "").split(".")[0] == package
+        for alias in node.names
+        if imported_as(alias) == package
+    )
+
+
+def imports_name(node: cst.CSTNode | None, module: str, name: str, bound: str) -> bool:
+    """`node` is `from <module> import <name>` binding `bound` (`... as <bound>`)."""
+    if not isinstance(node, cst.ImportFrom) or node.relative or node.module is None:
+        return False
+    if dotted(node.module) != module or isinstance(node.names, cst.ImportStar):
+        return False
+    return any(dotted(alias.name) == name and imported_as(alias) == bound for alias in node.names)

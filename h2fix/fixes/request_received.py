@@ -10,6 +10,10 @@ is read from the installed h2 (the `Environment`), never from version numbers.
     event = h2.events.RequestReceived()        event = h2.events.RequestReceived(
     event.stream_id = 1                 <->        stream_id=1, headers=headers
     event.headers = headers                    )
+
+Proven before rewriting: the call is h2's own `RequestReceived` (the module
+imports it from h2), and no value moved across the construction refers to the
+event itself, so evaluating it before or after the construction is the same.
 """
 
 from __future__ import annotations
@@ -18,20 +22,49 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 import libcst as cst
-import libcst.matchers as m
 
 from .._environment import Environment
 from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
 from ._scopes import ScopeTracker
+from ._syntax import (
+    dotted,
+    identifier,
+    imports_name,
+    imports_package,
+    keyword,
+    module_bindings,
+    walk,
+)
 
 NAME = "request_received"
 
-_CONSTRUCTION = m.Call(func=m.Name("RequestReceived") | m.Attribute(attr=m.Name("RequestReceived")))
-# `<name> = ...RequestReceived(...)`, the one form the fix rewrites.
-_ASSIGNED = m.SimpleStatementLine(
-    body=[m.Assign(targets=[m.AssignTarget(target=m.Name())], value=_CONSTRUCTION)]
-)
+
+def _is_construction(node: cst.CSTNode) -> bool:
+    """A call of something named RequestReceived (h2's, or not: that is proven apart)."""
+    if not isinstance(node, cst.Call):
+        return False
+    name = dotted(node.func)
+    return name is not None and name.rsplit(".", 1)[-1] == "RequestReceived"
+
+
+def _assigned_construction(statement: cst.CSTNode) -> tuple[str, cst.Call] | None:
+    """(name, call) for the line `<name> = ...RequestReceived(...)`."""
+    if not (
+        isinstance(statement, cst.SimpleStatementLine)
+        and len(statement.body) == 1
+        and isinstance(statement.body[0], cst.Assign)
+    ):
+        return None
+    assign = statement.body[0]
+    if (
+        len(assign.targets) == 1
+        and isinstance(assign.targets[0].target, cst.Name)
+        and _is_construction(assign.value)
+    ):
+        assert isinstance(assign.value, cst.Call)
+        return identifier(assign.targets[0].target), assign.value
+    return None
 
 
 class _Transformer(ScopeTracker):
@@ -41,6 +74,7 @@ class _Transformer(ScopeTracker):
         self.parameters = environment.request_received_parameters or ()
         self.required = environment.request_received_required
         self.keywords = bool(self.parameters)
+        self.bindings = module_bindings(module)
         self.seen = 0
         self.changed: dict[str, None] = {}  # qualnames, in order
 
@@ -53,15 +87,17 @@ class _Transformer(ScopeTracker):
         while index < len(statements):
             statement = statements[index]
             index += 1
-            if not m.matches(statement, _ASSIGNED):
-                if isinstance(statement, cst.SimpleStatementLine) and m.findall(
-                    statement, _CONSTRUCTION
+            found = _assigned_construction(statement)
+            if found is None:
+                if isinstance(statement, cst.SimpleStatementLine) and any(
+                    _is_construction(node) for node in walk(statement)
                 ):
                     self._refuse("`<name> = RequestReceived(...)` as a statement", statement)
                 result.append(statement)
                 continue
             assert isinstance(statement, cst.SimpleStatementLine)
             self.seen += 1
+            self._expect_h2_event(found[1], statement)
             if self.keywords:
                 replacement, consumed = self._with_keywords(statement, statements[index:])
                 index += consumed
@@ -74,13 +110,30 @@ class _Transformer(ScopeTracker):
             return updated_node
         return updated_node.with_changes(body=result)
 
+    def _expect_h2_event(self, call: cst.Call, statement: cst.SimpleStatementLine) -> None:
+        """The class called is h2.events.RequestReceived, as the module's imports show."""
+        name = dotted(call.func) or ""
+        if name == "h2.events.RequestReceived":
+            proven = all(imports_package(node, "h2") for node in self.bindings.get("h2", [None]))
+        elif "." not in name:
+            [binding, *more] = self.bindings.get(name, [None])
+            proven = not more and imports_name(binding, "h2.events", "RequestReceived", name)
+        else:
+            proven = False
+        if not proven:
+            self._refuse(
+                "h2.events.RequestReceived, imported from h2 (`import h2.events` or "
+                "`from h2.events import RequestReceived`)",
+                statement,
+            )
+
     def _with_keywords(
         self, statement: cst.SimpleStatementLine, following: Sequence[cst.BaseStatement]
     ) -> tuple[list[cst.BaseStatement], int]:
         """Fold the attribute assignments after a no-argument construction into keywords."""
         name, call = _parts(statement)
         if call.args:
-            keywords = {arg.keyword.value for arg in call.args if arg.keyword is not None}
+            keywords = {keyword(arg) for arg in call.args if arg.keyword is not None}
             if len(keywords) != len(call.args) or not set(self.required) <= keywords:
                 self._refuse(f"keyword arguments including {', '.join(self.required)}", statement)
             return [statement], 0
@@ -89,8 +142,8 @@ class _Transformer(ScopeTracker):
             attribute = _attribute_assignment(line, name)
             if attribute is None or attribute[0] not in self.parameters:
                 break
-            if attribute[0] in dict(folded):
-                break
+            if attribute[0] in dict(folded) or _mentions(attribute[1], name):
+                break  # a value that reads the event must stay after the construction
             folded.append(attribute)
         if not set(self.required) <= {attr for attr, _ in folded}:
             self._refuse(
@@ -118,15 +171,16 @@ class _Transformer(ScopeTracker):
         name, call = _parts(statement)
         if not call.args:
             return [statement]
-        if any(arg.keyword is None for arg in call.args):
+        if any(arg.keyword is None or arg.star for arg in call.args):
             self._refuse("keyword arguments only", statement)
+        if any(_mentions(arg.value, name) for arg in call.args):
+            self._refuse(f"arguments that do not read `{name}` itself", statement)
         assignments = [
             cst.parse_statement(
-                f"{name}.{arg.keyword.value} = {self.module.code_for_node(arg.value)}\n",
+                f"{name}.{keyword(arg)} = {self.module.code_for_node(arg.value)}\n",
                 config=self.module.config_for_parsing,
             )
             for arg in call.args
-            if arg.keyword is not None
         ]
         return [_replace_call(statement, call.with_changes(args=[])), *assignments]
 
@@ -135,13 +189,14 @@ class _Transformer(ScopeTracker):
         raise UnrecognisedStructureError(NAME, self.where, expected, found)
 
 
+def _mentions(node: cst.CSTNode, name: str) -> bool:
+    return any(isinstance(child, cst.Name) and identifier(child) == name for child in walk(node))
+
+
 def _parts(statement: cst.SimpleStatementLine) -> tuple[str, cst.Call]:
-    assign = statement.body[0]
-    assert isinstance(assign, cst.Assign)
-    target = assign.targets[0].target
-    assert isinstance(target, cst.Name)
-    assert isinstance(assign.value, cst.Call)
-    return target.value, assign.value
+    found = _assigned_construction(statement)
+    assert found is not None
+    return found
 
 
 def _replace_call(statement: cst.SimpleStatementLine, call: cst.Call) -> cst.SimpleStatementLine:
@@ -154,19 +209,24 @@ def _attribute_assignment(
     statement: cst.BaseStatement, name: str
 ) -> tuple[str, cst.BaseExpression] | None:
     """(attr, value) for a plain, uncommented `<name>.<attr> = <value>` line."""
-    matcher = m.SimpleStatementLine(
-        body=[m.Assign(targets=[m.AssignTarget(m.Attribute(value=m.Name(name)))])],
-        leading_lines=[m.ZeroOrMore(m.EmptyLine(comment=None))],
-        trailing_whitespace=m.TrailingWhitespace(comment=None),
-    )
-    if not m.matches(statement, matcher):
+    if not (
+        isinstance(statement, cst.SimpleStatementLine)
+        and len(statement.body) == 1
+        and isinstance(statement.body[0], cst.Assign)
+        and len(statement.body[0].targets) == 1
+        and statement.trailing_whitespace.comment is None
+        and all(line.comment is None for line in statement.leading_lines)
+    ):
         return None
-    assert isinstance(statement, cst.SimpleStatementLine)
     assign = statement.body[0]
-    assert isinstance(assign, cst.Assign)
     target = assign.targets[0].target
-    assert isinstance(target, cst.Attribute)
-    return target.attr.value, assign.value
+    if (
+        isinstance(target, cst.Attribute)
+        and isinstance(target.value, cst.Name)
+        and identifier(target.value) == name
+    ):
+        return identifier(target.attr), assign.value
+    return None
 
 
 def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:

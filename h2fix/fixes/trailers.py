@@ -39,7 +39,8 @@ from ._syntax import (
     dotted,
     first_parameter,
     identifier,
-    imported_as,
+    imports_name,
+    imports_package,
     is_pure,
     keyword,
     method_call,
@@ -572,10 +573,10 @@ class _Proof:
             return False
         name = dotted(value.func)
         if name == "h2.connection.H2Connection":
-            return all(_imports_h2(node) for node in self.bindings.get("h2", [None]))
+            return all(imports_package(node, "h2") for node in self.bindings.get("h2", [None]))
         if name is not None and "." not in name:
             [binding, *more] = self.bindings.get(name, [None])
-            return not more and _imports_from(binding, "h2.connection", "H2Connection", name)
+            return not more and imports_name(binding, "h2.connection", "H2Connection", name)
         return False
 
     def on_the_drained_stream(
@@ -809,34 +810,6 @@ def _ends_streams(method: cst.FunctionDef) -> bool:
         if call[1] in _ENDING_CALLS:
             return True
         if any(keyword(arg) == "end_stream" for arg in call[2].args):
-            return True
-    return False
-
-
-def _imports_h2(node: cst.CSTNode | None) -> bool:
-    """`import h2` or `import h2.<sub>`: the statement that binds the name h2."""
-    if not isinstance(node, cst.Import):
-        return False
-    return all(
-        alias.asname is None and (dotted(alias.name) or "").split(".")[0] == "h2"
-        for alias in node.names
-        if imported_as(alias) == "h2"
-    )
-
-
-def _imports_from(node: cst.CSTNode | None, module: str, name: str, bound: str) -> bool:
-    """`from <module> import <name> [as <bound>]`."""
-    if not isinstance(node, cst.ImportFrom) or node.relative or node.module is None:
-        return False
-    if dotted(node.module) != module or isinstance(node.names, cst.ImportStar):
-        return False
-    for alias in node.names:
-        asname = alias.asname.name if alias.asname is not None else alias.name
-        if (
-            dotted(alias.name) == name
-            and isinstance(asname, cst.Name)
-            and (identifier(asname) == bound)
-        ):
             return True
     return False
 
