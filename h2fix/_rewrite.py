@@ -7,8 +7,9 @@ what the vendoring script writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+from . import _known
 from . import fixes as _fixes
 from ._environment import Environment
 from ._errors import UnrecognisedStructureError
@@ -26,12 +27,23 @@ def rewrite(
 
     A fix that does not recognise the code raises `UnrecognisedStructureError`;
     with strict=False it is recorded as refused instead and the other fixes still run.
-    `environment` defaults to the running one (the installed h2).
+    `environment` defaults to the running one (the installed h2). A release file
+    h2fix knows is rewritten from its shipped table, without LibCST, to the same result.
     """
-    import libcst as cst  # deferred: libcst takes longer to import than the server
-
     selected = _fixes.select(fixes)
     environment = environment or Environment.detect()
+    known = _known.lookup(source, [fix.name for fix in selected], environment)
+    if known is not None:
+        return known
+    return rewrite_with_libcst(source, selected, environment, strict)
+
+
+def rewrite_with_libcst(
+    source: str, selected: Sequence[_fixes.Fix], environment: Environment, strict: bool
+) -> Rewrite:
+    """The rewrite computed by the fixes themselves (what the known-release table stores)."""
+    import libcst as cst  # deferred: libcst takes longer to import than the server
+
     try:
         tree = cst.parse_module(source)
     except cst.ParserSyntaxError as error:

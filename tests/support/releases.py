@@ -6,6 +6,7 @@ committed: h2fix carries facts about these files, not their code.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,8 +18,12 @@ CACHE = Path(os.environ.get("H2FIX_TEST_CACHE", Path.home() / ".cache" / "h2fix-
 
 def wheel(distribution: str, version: str) -> Path:
     folder = CACHE / "wheels"
-    pattern = f"{distribution}-{version}-*.whl"
-    found = sorted(folder.glob(pattern))
+
+    def cached() -> list[Path]:  # older wheels are spelled Hypercorn-...
+        prefix = f"{distribution}-{version}-"
+        return sorted(p for p in folder.glob("*.whl") if p.name.lower().startswith(prefix))
+
+    found = cached()
     if not found:
         folder.mkdir(parents=True, exist_ok=True)
         subprocess.run(
@@ -28,14 +33,14 @@ def wheel(distribution: str, version: str) -> Path:
             ],
             check=True,
         )  # fmt: skip
-        found = sorted(folder.glob(pattern))
+        found = cached()
     return found[0]
 
 
 def h2_source(distribution: str, version: str) -> str:
     """The release's protocol/h2.py."""
     with zipfile.ZipFile(wheel(distribution, version)) as archive:
-        return archive.read(f"{distribution}/protocol/h2.py").decode()
+        return importlib.util.decode_source(archive.read(f"{distribution}/protocol/h2.py"))
 
 
 def unpacked(distribution: str, version: str) -> Path:
