@@ -172,13 +172,13 @@ def patched(
     wanted = _names(fixes)
     with _lock:
         report = _apply(target, wanted, True, missing_ok)
-        holds = _holds.setdefault(target, _Holds())
-        if report.installed:
+        holds = _holds.setdefault(target, _Holds()) if report.installed else None
+        if holds is not None:
             holds.blocks.update(wanted)
     try:
         yield report
     finally:
-        if report.installed:
+        if holds is not None:
             _release(target, holds, wanted)
 
 

@@ -137,6 +137,7 @@ def test_class_body_alias_is_patched_and_reverted(tmp_path: Path) -> None:
     assert lines == ["('H2Protocol._send_event',)", "True", "True", "True"]
 
 
+@pytest.mark.server
 def test_server_calling_the_alias_is_repaired(tmp_path: Path) -> None:
     with serving(tmp_path, first_on_path=edited_copy(tmp_path, alias_of_renamed_method)) as port:
         assert grpc_echo_20_times(port) == []
@@ -145,6 +146,7 @@ def test_server_calling_the_alias_is_repaired(tmp_path: Path) -> None:
 # --- 2. defined more than once ---------------------------------------------------
 
 
+@pytest.mark.server
 @pytest.mark.parametrize(
     "edit", [method_twice_live_first, class_twice_live_first], ids=["method", "class"]
 )
