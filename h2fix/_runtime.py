@@ -145,14 +145,36 @@ def status(
             for slot in state.slots:
                 _live.expect_ours(slot, state.located.file)
         prepared = prepare(located, wanted, Environment.detect())
+        refusal = _dry_run(prepared, located, state)
     done = state.fixes if state else frozenset()
     outcomes = tuple(
-        replace(o, outcome=Outcome.ALREADY_APPLIED if o.fix in done else Outcome.PENDING)
+        _refused(o, refusal)
+        if refusal is not None and o.outcome is Outcome.REWRITTEN and o.fix not in done
+        else replace(o, outcome=Outcome.ALREADY_APPLIED if o.fix in done else Outcome.PENDING)
         if o.outcome is Outcome.REWRITTEN
         else o
         for o in prepared.outcomes
     )
     return _report(located, outcomes)
+
+
+def _dry_run(prepared: Prepared, located: Located, state: _Applied | None) -> H2FixError | None:
+    """Why apply() would refuse to swap `prepared` in, from the live objects, or None."""
+    if not prepared.new_code:
+        return None
+    try:
+        # Already imported: locate() imports the package, whose __init__ imports it.
+        module = _import(located)
+        if state is not None:
+            _live.expect_same_class(module, state.slots, located.target)
+        _live.expect_reachable(located.target, _plan(prepared, located, module, state))
+    except H2FixError as error:
+        return error
+    return None
+
+
+def _refused(outcome: FixOutcome, error: H2FixError) -> FixOutcome:
+    return replace(outcome, outcome=Outcome.REFUSED, message=str(error), error=error)
 
 
 @contextlib.contextmanager

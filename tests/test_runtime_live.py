@@ -170,12 +170,13 @@ def test_fix_that_changed_only_dead_code_is_refused(tmp_path: Path) -> None:
             print(error.function, error.live_line > error.changed_lines[0])
             print(error)
         print(module.H2Protocol.__dict__["stream_send"] is before)
+        print(h2fix.status(fixes=["trailers"]).fixes[0].outcome.value)
         """,
         site,
     )
     assert lines[0] == "H2Protocol.stream_send True"
     assert "which the running code does not use (dead or shadowed)" in lines[1]
-    assert lines[2] == "True"
+    assert lines[2:] == ["True", "refused"]
 
 
 # --- 3. the class the server serves ---------------------------------------------
@@ -208,12 +209,13 @@ def test_subclass_the_server_serves_overrides_the_method(tmp_path: Path) -> None
         except h2fix.UnreachablePatchError as error:
             print(error)
         print(module.H2Protocol.__dict__["stream_send"] is before)
+        print([f.outcome.value for f in h2fix.status().fixes])
         """,
         site,
     )
     assert lines[0].startswith("expected hypercorn.protocol.H2Protocol, the class the server")
     assert "hypercorn.protocol.H2Protocol overrides stream_send" in lines[0]
-    assert lines[1] == "True"
+    assert lines[1:] == ["True", "['refused', 'refused']"]
 
 
 def test_served_class_that_is_not_the_patched_one_is_refused(tmp_path: Path) -> None:
