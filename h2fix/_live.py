@@ -129,25 +129,32 @@ def served_class(target: Target) -> Any:
     return served
 
 
-def expect_reachable(target: Target, slots: Iterable[Slot]) -> None:
-    """The served class must resolve every patched method name to what h2fix puts in."""
+def expect_reachable(target: Target, module: types.ModuleType, slots: Iterable[Slot]) -> None:
+    """The served class must resolve every patched method name to what h2fix puts in.
+
+    This concerns the protocol class: the one the module binds under the served name,
+    and the classes in the served class's MRO. A helper class of the module (a
+    buffer, say) is not served by name, so its methods are not checked here.
+    """
     served = served_class(target)
+    name_in_module = target.served_class.rpartition(".")[2]
     for slot in slots:
         owner = slot.owner
         if not isinstance(owner, type):
             continue  # a module-level function: there is no class to go through
         function = f"{owner.__module__}.{owner.__qualname__}.{slot.name}"
-        if owner not in served.__mro__:
+        if owner in served.__mro__:
+            resolver = next(cls for cls in served.__mro__ if slot.name in vars(cls))
+            if resolver is not owner:
+                found = f"{resolver.__module__}.{resolver.__qualname__} overrides {slot.name}"
+                raise UnreachablePatchError(target.served_class, function, found)
+        elif owner is getattr(module, name_in_module, None):
             if (served.__module__, served.__qualname__) == (owner.__module__, owner.__qualname__):
                 raise ModuleReloadedError(
                     owner.__module__, owner.__qualname__, target.served_class, after_apply=False
                 )
             found = f"it is {served.__module__}.{served.__qualname__}, not {owner.__qualname__}"
             raise UnreachablePatchError(target.served_class, function, found + " or a subclass")
-        resolver = next(cls for cls in served.__mro__ if slot.name in vars(cls))
-        if resolver is not owner:
-            found = f"{resolver.__module__}.{resolver.__qualname__} overrides {slot.name}"
-            raise UnreachablePatchError(target.served_class, function, found)
 
 
 def describe(function: types.FunctionType) -> str:

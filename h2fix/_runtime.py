@@ -167,7 +167,8 @@ def _dry_run(prepared: Prepared, located: Located, state: _Applied | None) -> H2
         module = _import(located)
         if state is not None:
             _live.expect_same_class(module, state.slots, located.target)
-        _live.expect_reachable(located.target, _plan(prepared, located, module, state))
+        slots = _plan(prepared, located, module, state)
+        _live.expect_reachable(located.target, module, slots)
     except H2FixError as error:
         return error
     return None
@@ -283,7 +284,7 @@ def _install(
         return located, outcomes
 
     slots = _plan(prepared, located, module, state)
-    _live.expect_reachable(located.target, slots)
+    _live.expect_reachable(located.target, module, slots)
     replaced = {(id(s.owner), s.name) for s in slots}
     restored = [s for s in (state.slots if state else ()) if (id(s.owner), s.name) not in replaced]
     _swap(
