@@ -137,7 +137,7 @@ def expect_reachable(target: Target, module: types.ModuleType, slots: Iterable[S
     buffer, say) is not served by name, so its methods are not checked here.
     """
     served = served_class(target)
-    name_in_module = target.served_class.rpartition(".")[2]
+    module_class: object = getattr(module, target.served_class.rpartition(".")[2], None)
     for slot in slots:
         owner = slot.owner
         if not isinstance(owner, type):
@@ -148,7 +148,7 @@ def expect_reachable(target: Target, module: types.ModuleType, slots: Iterable[S
             if resolver is not owner:
                 found = f"{resolver.__module__}.{resolver.__qualname__} overrides {slot.name}"
                 raise UnreachablePatchError(target.served_class, function, found)
-        elif owner is getattr(module, name_in_module, None):
+        elif owner is module_class:
             if (served.__module__, served.__qualname__) == (owner.__module__, owner.__qualname__):
                 raise ModuleReloadedError(
                     owner.__module__, owner.__qualname__, target.served_class, after_apply=False

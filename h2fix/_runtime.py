@@ -55,9 +55,6 @@ class _Applied:
     filename: str
     outcomes: tuple[FixOutcome, ...]
 
-    def original(self, qualname: str) -> types.FunctionType | None:
-        return next((s.original for s in self.slots if s.qualname == qualname), None)
-
 
 @dataclass
 class _Holds:
