@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from ._environment import Environment
 from ._errors import (
+    DeadCodeChangedError,
     FunctionReplacedError,
     H2FixError,
+    ModuleReloadedError,
     NotAProtocolError,
     SourceChangedError,
     SourceUnavailableError,
     TargetNotFoundError,
     UnknownFixError,
     UnknownTargetError,
+    UnreachablePatchError,
     UnrecognisedStructureError,
 )
 from ._results import FixOutcome, Outcome, Report, Rewrite
@@ -35,10 +38,12 @@ from ._runtime import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeadCodeChangedError",
     "Environment",
     "FixOutcome",
     "FunctionReplacedError",
     "H2FixError",
+    "ModuleReloadedError",
     "NotAProtocolError",
     "Outcome",
     "Report",
@@ -48,6 +53,7 @@ __all__ = [
     "TargetNotFoundError",
     "UnknownFixError",
     "UnknownTargetError",
+    "UnreachablePatchError",
     "UnrecognisedStructureError",
     "__version__",
     "apply",

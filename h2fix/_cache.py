@@ -29,7 +29,7 @@ from ._results import FixOutcome, Outcome
 
 logger = logging.getLogger("h2fix.cache")
 
-_MAGIC = b"h2fix-cache-1\n"
+_MAGIC = b"h2fix-cache-2\n"  # 2: every definition of a changed function
 _DIGEST_SIZE = 32
 
 
@@ -65,7 +65,8 @@ def _code_stamp() -> tuple[tuple[str, int, int], ...]:
     return tuple(stamps)
 
 
-Entry = tuple[str, tuple[FixOutcome, ...], dict[str, types.CodeType], dict[str, types.CodeType]]
+Codes = dict[str, tuple[types.CodeType, ...]]
+Entry = tuple[str, tuple[FixOutcome, ...], Codes, Codes]
 
 
 def load(entry_key: str) -> Entry | None:
@@ -140,6 +141,9 @@ def _decode(data: bytes) -> Entry:
         for fix, outcome, message, functions in plain_outcomes
     )
     for codes in (original_code, new_code):
-        if not all(isinstance(c, types.CodeType) for c in codes.values()):
+        if not all(
+            isinstance(cs, tuple) and all(isinstance(c, types.CodeType) for c in cs)
+            for cs in codes.values()
+        ):
             raise ValueError("an entry's code is not code")
     return source, outcomes, original_code, new_code

@@ -70,14 +70,86 @@ class SourceChangedError(H2FixError):
 class FunctionReplacedError(H2FixError):
     """Someone other than h2fix already replaced a function h2fix would patch."""
 
-    def __init__(self, function: str, expected_file: str, found: str) -> None:
+    def __init__(
+        self, function: str, expected_file: str, found: str, *, in_place: bool = False
+    ) -> None:
         self.function = function
         self.expected_file = expected_file
         self.found = found
+        #: True when the function object is h2fix's but its __code__ was swapped
+        #: (patchy and similar tools patch that way).
+        self.in_place = in_place
+        if in_place:
+            message = (
+                f"expected {function} to run the code h2fix installed from {expected_file}, "
+                f"found its __code__ replaced in place by {found}: something else patched it "
+                f"after h2fix; remove that patch first"
+            )
+        else:
+            message = (
+                f"expected {function} to be the one defined in {expected_file}, "
+                f"found {found}: something else already replaced it; "
+                f"remove the other patch or apply h2fix before it"
+            )
+        super().__init__(message)
+
+
+class DeadCodeChangedError(H2FixError):
+    """A fix rewrote a definition the running class does not use (shadowed or in an
+    untaken branch), so patching would not repair what runs."""
+
+    def __init__(
+        self, fix: str, function: str, path: str, live_line: int, changed_lines: Sequence[int]
+    ) -> None:
+        self.fix = fix
+        self.function = function
+        self.path = path
+        self.live_line = live_line
+        self.changed_lines = tuple(changed_lines)
+        lines = ", ".join(str(line) for line in self.changed_lines)
         super().__init__(
-            f"expected {function} to be the one defined in {expected_file}, "
-            f"found {found}: something else already replaced it; "
-            f"remove the other patch or apply h2fix before it"
+            f"fix {fix!r} refused in {function}: expected it to change the definition the "
+            f"running class uses ({path}:{live_line}), but it changed the definition(s) at "
+            f"line {lines}, which the running code does not use (dead or shadowed); "
+            f"nothing was changed"
+        )
+
+
+class UnreachablePatchError(H2FixError):
+    """The class the server serves would not run the function h2fix puts in."""
+
+    def __init__(self, served: str, function: str, found: str) -> None:
+        self.served = served
+        self.function = function
+        self.found = found
+        super().__init__(
+            f"expected {served}, the class the server uses, to run {function} "
+            f"once patched, but {found}; nothing was changed"
+        )
+
+
+class ModuleReloadedError(H2FixError):
+    """The target module was reloaded (importlib.reload): two classes of one name exist."""
+
+    def __init__(self, module: str, cls: str, served: str, *, after_apply: bool) -> None:
+        self.module = module
+        self.cls = cls
+        self.served = served
+        self.after_apply = after_apply
+        if after_apply:
+            found = (
+                f"{module} was reloaded after h2fix patched it: {served} still serves the "
+                f"class h2fix patched, but {module}.{cls} is now a new, unpatched class"
+            )
+        else:
+            found = (
+                f"{module} was reloaded after {served} was imported: the server uses the "
+                f"class from the first import, not {module}.{cls}, so patching the latter "
+                f"would repair nothing"
+            )
+        super().__init__(
+            f"expected {served} to be {module}.{cls}, but {found}; nothing was changed; "
+            f"restart the process instead of reloading the server's modules"
         )
 
 

@@ -24,10 +24,16 @@ class Prepared:
     #: The rewritten module source, shown by tracebacks and inspect.getsource().
     source: str
     outcomes: tuple[FixOutcome, ...]
-    #: qualname -> code compiled from the source on disk: what the live function must be.
-    original_code: Mapping[str, types.CodeType]
-    #: qualname -> code compiled from the rewritten source: what apply() swaps in.
-    new_code: Mapping[str, types.CodeType]
+    #: qualname -> the code of every definition of that name compiled from the source
+    #: on disk, in source order: the live function must be one of them.
+    original_code: Mapping[str, tuple[types.CodeType, ...]]
+    #: qualname -> the same definitions compiled from the rewritten source, pairwise.
+    new_code: Mapping[str, tuple[types.CodeType, ...]]
+
+    def changed_definitions(self, qualname: str) -> tuple[int, ...]:
+        """Positions (in `original_code[qualname]`) of the definitions the fixes changed."""
+        pairs = zip(self.original_code[qualname], self.new_code[qualname])
+        return tuple(i for i, (old, new) in enumerate(pairs) if not same_behaviour(old, new))
 
     @property
     def refusals(self) -> tuple[H2FixError, ...]:
@@ -73,20 +79,23 @@ def prepare(located: Located, fixes: frozenset[str], environment: Environment) -
 def _prepare(located: Located, fixes: frozenset[str], environment: Environment) -> Prepared:
     result = rewrite(located.source, fixes, environment=environment, strict=False)
     expect_protocol(located, result)
-    original_code: dict[str, types.CodeType] = {}
-    new_code: dict[str, types.CodeType] = {}
+    original_code: dict[str, tuple[types.CodeType, ...]] = {}
+    new_code: dict[str, tuple[types.CodeType, ...]] = {}
     if result.changed:
         # dont_inherit: h2fix's own `from __future__` flags must not leak into the target.
         original_module = compile(result.original, located.file, "exec", dont_inherit=True)
         new_module = compile(result.source, patched_filename(located), "exec", dont_inherit=True)
         for qualname in result.changed_functions:
-            original, new = code_at(original_module, qualname), code_at(new_module, qualname)
-            if original is None or new is None or original.co_freevars != new.co_freevars:
+            original = definitions(original_module, qualname)
+            new = definitions(new_module, qualname)
+            found = _mismatch(original, new)
+            if found:
                 raise UnrecognisedStructureError(
                     ",".join(o.fix for o in result.outcomes if qualname in o.functions),
                     qualname,
-                    "the rewritten function to compile to one function of the same closure",
-                    "no such function" if new is None or original is None else "other closure",
+                    "the rewritten source to define it as often, with the same closures, "
+                    "and to change at least one definition",
+                    found,
                 )
             original_code[qualname], new_code[qualname] = original, new
     return Prepared(result.source, result.outcomes, original_code, new_code)
@@ -98,15 +107,63 @@ def expect_protocol(located: Located, result: Rewrite) -> None:
         raise NotAProtocolError(located.target.module, located.file)
 
 
-def code_at(module_code: types.CodeType, qualname: str) -> types.CodeType | None:
-    """The code object of the function `qualname` defined in `module_code`."""
-    code = module_code
+def _mismatch(original: tuple[types.CodeType, ...], new: tuple[types.CodeType, ...]) -> str:
+    """What is wrong with a pair of definition lists, or "" when they line up."""
+    if not original or not new:
+        return "no such function"
+    if len(original) != len(new):
+        return f"{len(original)} definition(s) before the rewrite, {len(new)} after"
+    if any(old.co_freevars != rewritten.co_freevars for old, rewritten in zip(original, new)):
+        return "another closure"
+    if all(same_behaviour(old, rewritten) for old, rewritten in zip(original, new)):
+        return "no definition compiles differently"
+    return ""
+
+
+def definitions(module_code: types.CodeType, qualname: str) -> tuple[types.CodeType, ...]:
+    """The code of every definition of the function `qualname` in `module_code`, in
+    source order.
+
+    A name can be defined more than once (twice in a class body, or in both branches
+    of an `if`); all of them are code constants of the enclosing body, and which one
+    runs is known only to the running process, so callers compare with the live code.
+    """
+    found = [module_code]
     for part in qualname.split("."):
-        # The last definition of a name is the one the class or module keeps.
-        candidates = [
-            c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == part
+        found = [
+            const
+            for code in found
+            for const in code.co_consts
+            if isinstance(const, types.CodeType) and const.co_name == part
         ]
-        if not candidates:
-            return None
-        code = candidates[-1]
-    return code
+    return tuple(sorted(found, key=lambda code: code.co_firstlineno))
+
+
+def same_behaviour(a: types.CodeType, b: types.CodeType) -> bool:
+    """Equal code apart from line numbers and file name.
+
+    Code objects compare their first line, and a rewrite moves every definition
+    below the lines it inserts, so `==` cannot tell which definitions it changed.
+    """
+    return _shape(a) == _shape(b)
+
+
+def _shape(code: types.CodeType) -> tuple[object, ...]:
+    consts = tuple(
+        _shape(const) if isinstance(const, types.CodeType) else (type(const), const)
+        for const in code.co_consts
+    )
+    return (
+        code.co_name,
+        code.co_code,
+        getattr(code, "co_exceptiontable", b""),  # Python 3.11+
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_cellvars,
+        code.co_flags,
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+        consts,
+    )

@@ -19,6 +19,7 @@ class Outcome(str, enum.Enum):
     NOT_APPLICABLE = "not applicable"
     NOT_NEEDED = "not needed with this h2"
     REFUSED = "refused"  # unrecognised structure; nothing changed for this fix
+    NOT_INSTALLED = "target not installed"  # apply(missing_ok=True): nothing to repair
 
     def __str__(self) -> str:
         return self.value
@@ -98,7 +99,16 @@ class Report:
         """True when some fix would still change the running code."""
         return any(f.outcome is Outcome.PENDING for f in self.fixes)
 
+    @property
+    def installed(self) -> bool:
+        """False when the target is not installed (only with missing_ok=True)."""
+        return not any(f.outcome is Outcome.NOT_INSTALLED for f in self.fixes)
+
     def __str__(self) -> str:
-        lines = [f"{self.target} {self.version} ({self.file})"]
+        if not self.installed:
+            head = f"{self.target} (not installed)"
+        else:
+            head = f"{self.target} {self.version} ({self.file})"
+        lines = [head]
         lines += [f"  {fix}" for fix in self.fixes]
         return "\n".join(lines)

@@ -2,6 +2,12 @@
 
 All or nothing: every check and every compile happens before the first swap,
 and the swaps of one call happen under one lock.
+
+Who wants which fix is kept apart from what is installed. `apply()` pins its
+fixes until `revert()`; each `patched()` block holds its fixes while it runs.
+Whatever is installed is always the rewrite for the union of the pins and the
+open blocks, so a block leaves an earlier `apply()` in place, and two blocks
+overlapping in two threads keep the fixes until the last of them exits.
 """
 
 from __future__ import annotations
@@ -12,16 +18,19 @@ import linecache
 import logging
 import threading
 import types
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import _live
 from . import fixes as _fixes
 from ._environment import Environment
-from ._errors import FunctionReplacedError, H2FixError, SourceChangedError, TargetNotFoundError
+from ._errors import H2FixError, TargetNotFoundError
+from ._live import Slot
 from ._prepare import Prepared, patched_filename, prepare
 from ._results import FixOutcome, Outcome, Report
-from ._targets import Located, locate
+from ._targets import Located, get_target, locate
 
 logger = logging.getLogger("h2fix")
 
@@ -31,102 +40,114 @@ _lock = threading.RLock()
 
 @dataclass(frozen=True)
 class _Applied:
+    """What is installed in one target now."""
+
     #: The patched module and its file, so revert() needs neither the source nor an import.
     module: types.ModuleType
-    file: str
+    located: Located
+    #: The fix set the installed code was rewritten with (what was asked for).
+    requested: frozenset[str]
+    #: The fixes that changed code.
     fixes: frozenset[str]
-    #: qualname -> the function that was there before h2fix touched it
-    originals: dict[str, types.FunctionType]
-    #: qualname -> the function h2fix put there
-    patched: dict[str, types.FunctionType]
+    #: Every attribute h2fix replaced, aliases included.
+    slots: tuple[Slot, ...]
     #: The linecache key holding the rewritten source.
     filename: str
     outcomes: tuple[FixOutcome, ...]
 
 
+@dataclass
+class _Holds:
+    """Who wants which fixes in one target."""
+
+    #: Fixes asked for by apply(): kept until revert().
+    pinned: set[str] = field(default_factory=set)
+    #: Fix name -> how many open patched() blocks asked for it.
+    blocks: Counter[str] = field(default_factory=Counter)
+
+    def wanted(self) -> frozenset[str]:
+        return frozenset(self.pinned) | frozenset(f for f, n in self.blocks.items() if n > 0)
+
+
 _applied: dict[str, _Applied] = {}
+_holds: dict[str, _Holds] = {}
 
 
 def apply(
-    target: str = "hypercorn", fixes: Iterable[str] | None = None, strict: bool = True
+    target: str = "hypercorn",
+    fixes: Iterable[str] | None = None,
+    strict: bool = True,
+    *,
+    missing_ok: bool = False,
 ) -> Report:
     """Repair the installed target in this process. Idempotent and thread-safe.
 
     With strict=True a fix that does not recognise the code raises and nothing
     changes; with strict=False it is logged, reported as refused, and the
-    other fixes are applied.
+    other fixes are applied. With missing_ok=True a target that is not installed
+    is not an error: the report says so (`report.installed` is False).
     """
-    wanted = frozenset(fix.name for fix in _fixes.select(fixes))
+    wanted = _names(fixes)
     with _lock:
-        located = locate(target)
-        module = _import(located)
-        state = _applied.get(target)
-        if state is not None:
-            for qualname, function in state.patched.items():
-                _expect_ours(module, qualname, function, located.file)
-            if wanted <= state.fixes:
-                return _report(located, _previously_applied(state.outcomes, wanted))
-            # A wider set than before: rewrite the original with both sets.
-            wanted |= state.fixes
-
-        prepared = prepare(located, wanted, Environment.detect())
-        _handle_refusals(prepared.refusals, strict)
-        if not prepared.new_code:
-            return _report(located, prepared.outcomes)
-
-        pairs = _replacements(prepared, located, module, state)
-        replacements = {qualname: new for qualname, (_, new) in pairs.items()}
-        originals = dict(state.originals) if state else {}
-        originals.update((qualname, original) for qualname, (original, _) in pairs.items())
-        _swap(module, replacements)
-        before = state.fixes if state else frozenset()
-        outcomes = tuple(
-            replace(o, outcome=Outcome.ALREADY_APPLIED if o.fix in before else Outcome.APPLIED)
-            if o.outcome is Outcome.REWRITTEN
-            else o
-            for o in prepared.outcomes
-        )
-        # Forget the previous text only after the new one is in place.
-        if state is not None:
-            linecache.cache.pop(state.filename, None)
-        filename = patched_filename(located)
-        _register_source(filename, prepared.source)
-        _applied[target] = _Applied(
-            module=module,
-            file=located.file,
-            fixes=frozenset(o.fix for o in prepared.outcomes if o.outcome is Outcome.REWRITTEN),
-            originals=originals,
-            patched=replacements,
-            filename=filename,
-            outcomes=outcomes,
-        )
-        logger.debug("h2fix applied to %s %s: %s", target, located.version, outcomes)
-        return _report(located, outcomes)
+        report = _apply(target, wanted, strict, missing_ok)
+        if report.installed:
+            _holds.setdefault(target, _Holds()).pinned.update(wanted)
+        return report
 
 
 def revert(target: str = "hypercorn") -> None:
-    """Put back the exact function objects apply() replaced. A no-op if none were."""
+    """Put back the exact function objects apply() replaced. A no-op if none were.
+
+    It undoes every fix in the target, including those of open patched() blocks.
+    """
+    get_target(target)
     with _lock:
         state = _applied.get(target)
-        if state is None:
-            return
-        for qualname, function in state.patched.items():
-            _expect_ours(state.module, qualname, function, state.file)
-        _swap(state.module, state.originals)
-        linecache.cache.pop(state.filename, None)
-        del _applied[target]
+        if state is not None:
+            for slot in state.slots:
+                _live.expect_ours(slot, state.located.file)
+        _holds.pop(target, None)
+        if state is not None:
+            if _live.reloaded_since(state.module, state.slots):
+                logger.warning(
+                    "h2fix: %s was reloaded after apply(); the original methods are back in "
+                    "the class h2fix patched (the one %s serves); the reloaded module's class "
+                    "was never patched",
+                    state.module.__name__,
+                    state.located.target.served_class,
+                )
+            _uninstall(target, state)
 
 
-def status(target: str = "hypercorn", fixes: Iterable[str] | None = None) -> Report:
-    """What apply() would do now. Changes nothing and never raises for a refusal."""
-    wanted = [fix.name for fix in _fixes.select(fixes)]
+def status(
+    target: str = "hypercorn",
+    fixes: Iterable[str] | None = None,
+    *,
+    missing_ok: bool = False,
+) -> Report:
+    """What apply() would do now. Changes nothing and never raises for a refusal.
+
+    It does raise FunctionReplacedError when what h2fix installed was replaced since.
+    """
+    wanted = _names(fixes)
     with _lock:
-        located = locate(target)
+        try:
+            located = locate(target)
+        except TargetNotFoundError:
+            if missing_ok:
+                return _not_installed(target, wanted)
+            raise
         state = _applied.get(target)
-        prepared = prepare(located, frozenset(wanted), Environment.detect())
+        if state is not None:
+            for slot in state.slots:
+                _live.expect_ours(slot, state.located.file)
+        prepared = prepare(located, wanted, Environment.detect())
+        refusal = _dry_run(prepared, located, state)
     done = state.fixes if state else frozenset()
     outcomes = tuple(
-        replace(o, outcome=Outcome.ALREADY_APPLIED if o.fix in done else Outcome.PENDING)
+        _refused(o, refusal)
+        if refusal is not None and o.outcome is Outcome.REWRITTEN and o.fix not in done
+        else replace(o, outcome=Outcome.ALREADY_APPLIED if o.fix in done else Outcome.PENDING)
         if o.outcome is Outcome.REWRITTEN
         else o
         for o in prepared.outcomes
@@ -134,15 +155,51 @@ def status(target: str = "hypercorn", fixes: Iterable[str] | None = None) -> Rep
     return _report(located, outcomes)
 
 
+def _dry_run(prepared: Prepared, located: Located, state: _Applied | None) -> H2FixError | None:
+    """Why apply() would refuse to swap `prepared` in, from the live objects, or None."""
+    if not prepared.new_code:
+        return None
+    try:
+        # Already imported: locate() imports the package, whose __init__ imports it.
+        module = _import(located)
+        if state is not None:
+            _live.expect_same_class(module, state.slots, located.target)
+        slots = _plan(prepared, located, module, state)
+        _live.expect_reachable(located.target, module, slots)
+    except H2FixError as error:
+        return error
+    return None
+
+
+def _refused(outcome: FixOutcome, error: H2FixError) -> FixOutcome:
+    return replace(outcome, outcome=Outcome.REFUSED, message=str(error), error=error)
+
+
 @contextlib.contextmanager
-def patched(target: str = "hypercorn", fixes: Iterable[str] | None = None) -> Iterator[Report]:
-    """Apply on entry; on exit revert, unless it had been applied before entry."""
-    report = apply(target, fixes)
+def patched(
+    target: str = "hypercorn",
+    fixes: Iterable[str] | None = None,
+    *,
+    missing_ok: bool = False,
+) -> Iterator[Report]:
+    """Apply on entry; on exit undo what only this block wanted.
+
+    Fixes applied before the block (by apply() or an enclosing block) stay; blocks
+    that overlap, nested or in other threads, keep a fix in place until the last
+    of them that wants it exits. A revert() inside a block undoes everything, and
+    the block's exit then changes nothing.
+    """
+    wanted = _names(fixes)
+    with _lock:
+        report = _apply(target, wanted, True, missing_ok)
+        holds = _holds.setdefault(target, _Holds()) if report.installed else None
+        if holds is not None:
+            holds.blocks.update(wanted)
     try:
         yield report
     finally:
-        if report.changed:
-            revert(target)
+        if holds is not None:
+            _release(target, holds, wanted)
 
 
 def patch_h2_protocol_minimal(target: str = "hypercorn") -> Report:
@@ -156,6 +213,134 @@ def patch_h2_protocol(target: str = "hypercorn") -> Report:
 
 
 # --- helpers -----------------------------------------------------------------
+
+
+def _names(fixes: Iterable[str] | None) -> frozenset[str]:
+    return frozenset(fix.name for fix in _fixes.select(fixes))
+
+
+def _apply(target: str, wanted: frozenset[str], strict: bool, missing_ok: bool) -> Report:
+    """Install `wanted` on top of what is held; report on `wanted` only."""
+    holds = _holds.get(target)
+    try:
+        held = holds.wanted() if holds else frozenset()
+        located, outcomes = _install(target, wanted | held, strict)
+    except TargetNotFoundError:
+        if missing_ok:
+            return _not_installed(target, wanted)
+        raise
+    return _report(located, [o for o in outcomes if o.fix in wanted])
+
+
+def _release(target: str, holds: _Holds, wanted: frozenset[str]) -> None:
+    """A patched() block ends: narrow what is installed to what is still wanted."""
+    with _lock:
+        if _holds.get(target) is not holds:
+            return  # revert() ran inside the block and already undid everything
+        holds.blocks.subtract(wanted)
+        still = holds.wanted()
+        if still:
+            # Refusals were reported when these fixes were applied: do not raise them now.
+            _install(target, still, strict=False)
+            return
+        del _holds[target]
+        state = _applied.get(target)
+        if state is not None:
+            for slot in state.slots:
+                _live.expect_ours(slot, state.located.file)
+            _uninstall(target, state)
+
+
+def _install(
+    target: str, requested: frozenset[str], strict: bool
+) -> tuple[Located, tuple[FixOutcome, ...]]:
+    """Make the installed code the rewrite for exactly `requested`; outcomes per fix."""
+    located = locate(target)
+    module = _import(located)
+    state = _applied.get(target)
+    if state is not None:
+        for slot in state.slots:
+            _live.expect_ours(slot, located.file)
+        _live.expect_same_class(module, state.slots, located.target)
+        if state.requested == requested:
+            _handle_refusals(tuple(o.error for o in state.outcomes if o.error), strict)
+            return located, _as_already_applied(state.outcomes)
+
+    prepared = prepare(located, requested, Environment.detect())
+    _handle_refusals(prepared.refusals, strict)
+    before = state.fixes if state else frozenset()
+    outcomes = tuple(
+        replace(o, outcome=Outcome.ALREADY_APPLIED if o.fix in before else Outcome.APPLIED)
+        if o.outcome is Outcome.REWRITTEN
+        else o
+        for o in prepared.outcomes
+    )
+    if not prepared.new_code:
+        if state is not None:
+            _uninstall(target, state)
+        return located, outcomes
+
+    slots = _plan(prepared, located, module, state)
+    _live.expect_reachable(located.target, module, slots)
+    replaced = {(id(s.owner), s.name) for s in slots}
+    restored = [s for s in (state.slots if state else ()) if (id(s.owner), s.name) not in replaced]
+    _swap(
+        [(s.owner, s.name, s.patched) for s in slots]
+        + [(s.owner, s.name, s.original) for s in restored]
+    )
+    # Forget the previous text only after the new one is in place.
+    if state is not None:
+        linecache.cache.pop(state.filename, None)
+    filename = patched_filename(located)
+    _register_source(filename, prepared.source)
+    _applied[target] = _Applied(
+        module=module,
+        located=located,
+        requested=requested,
+        fixes=frozenset(o.fix for o in prepared.outcomes if o.outcome is Outcome.REWRITTEN),
+        slots=tuple(slots),
+        filename=filename,
+        outcomes=outcomes,
+    )
+    new = [o.fix for o in outcomes if o.outcome is Outcome.APPLIED]
+    if new:
+        logger.info("h2fix: repaired %s %s: %s", target, located.version, ", ".join(new))
+    undone = sorted(before - _applied[target].fixes)
+    if undone:
+        logger.info("h2fix: reverted %s %s: %s", target, located.version, ", ".join(undone))
+    return located, outcomes
+
+
+def _uninstall(target: str, state: _Applied) -> None:
+    """Put every original back (the slots were checked by the caller)."""
+    _swap([(s.owner, s.name, s.original) for s in state.slots])
+    linecache.cache.pop(state.filename, None)
+    del _applied[target]
+    fixes = ", ".join(sorted(state.fixes))
+    logger.info("h2fix: reverted %s %s: %s", target, state.located.version, fixes)
+
+
+def _plan(
+    prepared: Prepared, located: Located, module: types.ModuleType, state: _Applied | None
+) -> list[Slot]:
+    """The slots to install: every name bound to each changed function's live definition."""
+    slots: list[Slot] = []
+    for qualname, new_code in prepared.new_code.items():
+        owner, name = _live.owner_and_name(module, qualname)
+        previous = [s for s in state.slots if s.qualname == qualname] if state else []
+        if previous:
+            # Found and checked when it was first replaced; h2fix's own function is there now.
+            original = previous[0].original
+            names = tuple(s.name for s in previous)
+        else:
+            original = _live.live_function(owner, name, qualname, located.file)
+            names = _live.aliases(owner, original, name)
+        candidates = prepared.original_code[qualname]
+        live = _live.live_definition(original, candidates, qualname, located)
+        _live.expect_live_changed(prepared, qualname, live, located.file)
+        function = _rebuild(original, new_code[live])
+        slots += [Slot(qualname, owner, n, original, function, function.__code__) for n in names]
+    return slots
 
 
 def _import(located: Located) -> types.ModuleType:
@@ -175,13 +360,20 @@ def _report(located: Located, outcomes: Iterable[FixOutcome]) -> Report:
     )
 
 
-def _previously_applied(
-    outcomes: tuple[FixOutcome, ...], wanted: frozenset[str]
-) -> tuple[FixOutcome, ...]:
+def _not_installed(target: str, wanted: frozenset[str]) -> Report:
+    module = get_target(target).module
+    message = f"{module} cannot be imported; nothing to repair"
+    outcomes = [
+        FixOutcome(fix.name, Outcome.NOT_INSTALLED, message)
+        for fix in _fixes.select(sorted(wanted))
+    ]
+    return Report(target=target, module=module, version="", file="", fixes=tuple(outcomes))
+
+
+def _as_already_applied(outcomes: tuple[FixOutcome, ...]) -> tuple[FixOutcome, ...]:
     return tuple(
         replace(o, outcome=Outcome.ALREADY_APPLIED) if o.outcome is Outcome.APPLIED else o
         for o in outcomes
-        if o.fix in wanted
     )
 
 
@@ -190,63 +382,6 @@ def _handle_refusals(refusals: tuple[H2FixError, ...], strict: bool) -> None:
         raise refusals[0]
     for error in refusals:
         logger.warning("h2fix: %s", error)
-
-
-def _owner_and_name(module: types.ModuleType, qualname: str) -> tuple[Any, str]:
-    *path, name = qualname.split(".")
-    owner: Any = module
-    for part in path:
-        owner = getattr(owner, part)
-    return owner, name
-
-
-def _live(module: types.ModuleType, qualname: str, file: str) -> types.FunctionType:
-    """The function object currently stored under `qualname` (not inherited)."""
-    owner, name = _owner_and_name(module, qualname)
-    function = vars(owner).get(name)
-    if not isinstance(function, types.FunctionType):
-        raise FunctionReplacedError(qualname, file, f"{function!r} in its place")
-    return function
-
-
-def _expect_ours(
-    module: types.ModuleType, qualname: str, ours: types.FunctionType, file: str
-) -> None:
-    live = _live(module, qualname, file)
-    if live is not ours:
-        raise FunctionReplacedError(qualname, f"{file} as patched by h2fix", _describe(live))
-
-
-def _describe(function: types.FunctionType) -> str:
-    code = function.__code__
-    where = f"{code.co_filename}:{code.co_firstlineno}"
-    return f"{function.__module__}.{function.__qualname__} from {where}"
-
-
-def _replacements(
-    prepared: Prepared, located: Located, module: types.ModuleType, state: _Applied | None
-) -> dict[str, tuple[types.FunctionType, types.FunctionType]]:
-    """qualname -> (the original function, the one to swap in) for each changed function."""
-    pairs = {}
-    for qualname, code in prepared.new_code.items():
-        if state is not None and qualname in state.originals:
-            original = state.originals[qualname]  # checked when it was first replaced
-        else:
-            original = _live(module, qualname, located.file)
-            _expect_defined_in_file(original, prepared.original_code[qualname], qualname, located)
-        pairs[qualname] = (original, _rebuild(original, code))
-    return pairs
-
-
-def _expect_defined_in_file(
-    live: types.FunctionType, disk: types.CodeType, qualname: str, located: Located
-) -> None:
-    """Refuse unless `live` is what the file on disk defines, so we never patch a stranger."""
-    if live.__code__ == disk:
-        return
-    if live.__code__.co_filename != located.file or live.__qualname__ != qualname:
-        raise FunctionReplacedError(qualname, located.file, _describe(live))
-    raise SourceChangedError(located.target.module, located.file, qualname)
 
 
 def _rebuild(original: types.FunctionType, code: types.CodeType) -> types.FunctionType:
@@ -267,11 +402,10 @@ def _rebuild(original: types.FunctionType, code: types.CodeType) -> types.Functi
     return function
 
 
-def _swap(module: types.ModuleType, functions: dict[str, types.FunctionType]) -> None:
+def _swap(assignments: list[tuple[Any, str, types.FunctionType]]) -> None:
     done: list[tuple[Any, str, Any]] = []
     try:
-        for qualname, function in functions.items():
-            owner, name = _owner_and_name(module, qualname)
+        for owner, name, function in assignments:
             done.append((owner, name, vars(owner)[name]))
             setattr(owner, name, function)
     except BaseException:

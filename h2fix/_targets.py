@@ -16,14 +16,19 @@ class Target:
     name: str
     #: The module whose source the fixes rewrite.
     module: str
+    #: The class the server really serves with, "package.module.Name": the package
+    #: imports it from `module` at its own import, so this binding, not the one in
+    #: `module`, is what runs (they differ after importlib.reload(module)).
+    served_class: str
 
 
 TARGETS: dict[str, Target] = {
     target.name: target
     for target in (
-        Target("hypercorn", "hypercorn.protocol.h2"),
+        # hypercorn/protocol/__init__.py does `from .h2 import H2Protocol`.
+        Target("hypercorn", "hypercorn.protocol.h2", "hypercorn.protocol.H2Protocol"),
         # The anyio fork keeps Hypercorn's layout under its own package name.
-        Target("anycorn", "anycorn.protocol.h2"),
+        Target("anycorn", "anycorn.protocol.h2", "anycorn.protocol.H2Protocol"),
     )
 }
 
