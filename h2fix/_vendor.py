@@ -67,8 +67,8 @@ class ForeignDirectoryError(VendorError):
 class NothingToFixError(VendorError):
     def __init__(self, label: str, outcomes: str) -> None:
         super().__init__(
-            f"{label}: nothing to fix ({outcomes}): expected at least one selected fix "
-            "to change the code, so no copy was written"
+            f"expected at least one selected fix to change {label}, found nothing to fix "
+            f"({outcomes}); no copy was written"
         )
 
 
@@ -96,13 +96,14 @@ def protected_places(package: Path) -> list[Protected]:
     """Directories a copy must neither be, hold, nor sit inside: installed code and the
     import paths of every interpreter in sight."""
     places = [Protected(package, "the installed package being copied")]
+    # PYTHONPATH before sys.path (which holds it too): the more telling name is shown.
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if entry:
+            places.append(Protected(Path(entry), "a PYTHONPATH entry"))
     invocation = _invocation_entry()
     for entry in sys.path:
         if entry and entry != invocation:
             places.append(Protected(Path(entry), "an entry of this interpreter's sys.path"))
-    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-        if entry:
-            places.append(Protected(Path(entry), "a PYTHONPATH entry"))
     pyenv = _pyenv_root()
     if pyenv is not None:
         for pattern in ("versions/*/lib/python*", "versions/*/envs/*/lib/python*"):
