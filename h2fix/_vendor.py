@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -69,6 +69,15 @@ class NothingToFixError(VendorError):
         super().__init__(
             f"expected at least one selected fix to change {label}, found nothing to fix "
             f"({outcomes}); no copy was written"
+        )
+
+
+class WriteError(VendorError):
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path = path
+        super().__init__(
+            f"expected to write the copy at {path}, found: {error.strerror or error} "
+            f"({error.filename or path}); anything written for it was removed"
         )
 
 
@@ -162,14 +171,21 @@ def check_destination(out: Path, package: Path) -> None:
         if relation is not None:
             raise UnsafeDestinationError(out, relation, place.path, place.what)
     for directory in (out, *out.parents):
-        if directory.is_dir():
-            installed = next(
-                (p.name for p in sorted(directory.iterdir()) if _marks_installed(p)), None
-            )
-            if installed is not None:
-                relation = "is" if directory == out else "sits inside"
-                what = f"it holds {installed}: packages are installed there"
-                raise UnsafeDestinationError(out, relation, directory, what)
+        installed = next((p.name for p in _entries(directory) if _marks_installed(p)), None)
+        if installed is not None:
+            relation = "is" if directory == out else "sits inside"
+            what = f"it holds {installed}: packages are installed there"
+            raise UnsafeDestinationError(out, relation, directory, what)
+    if os.path.lexists(out) and not out.is_dir():
+        raise VendorError(f"expected --out to be a directory or absent, found a file: {out}")
+
+
+def _entries(directory: Path) -> list[Path]:
+    """A directory's entries; none for one that is absent (yet) or cannot be listed."""
+    try:
+        return sorted(directory.iterdir())
+    except OSError:
+        return []
 
 
 def _marks_installed(path: Path) -> bool:
@@ -203,21 +219,44 @@ class Vendored:
 
 def vendor(target: str, out: Path, fixes: Sequence[str] | None = None) -> Vendored:
     """Write a patched, verified copy of the installed `target` package to `out/<target>`."""
-    from . import __version__
-    from ._prepare import expect_protocol
-    from ._results import Outcome
-    from ._rewrite import rewrite
-
     out = _resolved(out)
     located = _locate_installed(target)
     package = _package_directory(located)
     check_destination(out, package)
     destination = out / target
     _check_replaceable(destination)
+    patch = _patch(located, fixes)  # refusals and "nothing to fix" stop here: nothing written
+    with _staging(out) as staging:
+        _write_copy(staging / target, package, patch)
+        _check_matcher(staging, located.target.module, target, fixes)
+        _check_serving(staging, located.target.module, target)
+        _check_replaceable(destination)  # again: it may have appeared while the checks ran
+        _move_into_place(staging / target, destination, out)
+    files = (out / patch.relative, out / f"{patch.relative}.diff")
+    return Vendored(target, located.version, patch.fixes, out, files)
 
-    result = rewrite(located.source, fixes)  # strict: a refusal stops here, nothing written
+
+@dataclass(frozen=True)
+class _Patch:
+    label: str  # e.g. "hypercorn 0.17.3"
+    fixes: tuple[str, ...]
+    relative: Path  # the rewritten file below --out, e.g. hypercorn/protocol/h2.py
+    source: str  # with the header
+    diff: str
+    encoding: str  # the original file's, so a coding declaration stays true
+
+
+def _patch(located: Located, fixes: Sequence[str] | None) -> _Patch:
+    import tokenize
+
+    from . import __version__
+    from ._prepare import expect_protocol
+    from ._results import Outcome
+    from ._rewrite import rewrite
+
+    result = rewrite(located.source, fixes)  # strict: UnrecognisedStructureError
     expect_protocol(located, result)
-    label = f"{target} {located.version}"
+    label = f"{located.target.name} {located.version}"
     if not result.changed:
         raise NothingToFixError(label, "; ".join(str(o) for o in result.outcomes))
     applied = tuple(o.fix for o in result.outcomes if o.outcome is Outcome.REWRITTEN)
@@ -227,32 +266,46 @@ def vendor(target: str, out: Path, fixes: Sequence[str] | None = None) -> Vendor
         f"# The change is in {relative.name}.diff beside this file.\n"
     )
     diff = result.diff(f"a/{relative.as_posix()}", f"b/{relative.as_posix()}")
+    with open(located.file, "rb") as original:
+        encoding = tokenize.detect_encoding(original.readline)[0]
+    source = _with_header(result.source, header)
+    return _Patch(label, applied, relative, source, diff, encoding)
 
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A directory inside --out to build the copy in (so the final move is a rename and
+    never leaves a half-written tree); on failure, also the empty directories made for it."""
     made = [directory for directory in (out, *out.parents) if not directory.exists()]
-    out.mkdir(parents=True, exist_ok=True)
-    # Staged inside --out, so the final move is a rename and never leaves a half-written tree.
-    staging = Path(tempfile.mkdtemp(prefix=".h2fix-staging-", dir=out))
     try:
-        tree = staging / target
-        shutil.copytree(package, tree, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        (staging / relative).write_text(_with_header(result.source, header), encoding="utf-8")
-        (staging / f"{relative}.diff").write_text(diff, encoding="utf-8")
-        (tree / MARKER).write_text(
-            f"h2fix {__version__}\n{label}\nfixes: {', '.join(applied)}\n", encoding="utf-8"
-        )
-        _check_matcher(staging, located.target.module, target, fixes)
-        _check_serving(staging, located.target.module, target)
-        _check_replaceable(destination)  # again: it may have appeared while the checks ran
-        _move_into_place(tree, destination, out)
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".h2fix-staging-", dir=out))
+    except OSError as error:
+        raise WriteError(out, error) from error
+    try:
+        yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for directory in made:  # innermost first; only the empty ones this run created
+        for directory in made:  # innermost first; rmdir leaves any that are not empty
             with contextlib.suppress(OSError):
                 directory.rmdir()
         raise
     shutil.rmtree(staging, ignore_errors=True)
-    files = (out / relative, out / f"{relative}.diff")
-    return Vendored(target, located.version, applied, out, files)
+
+
+def _write_copy(tree: Path, package: Path, patch: _Patch) -> None:
+    from . import __version__
+
+    try:
+        shutil.copytree(package, tree, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        rewritten = tree.parent / patch.relative
+        # Bytes, not text: no newline translation, and the file's own encoding.
+        rewritten.write_bytes(patch.source.encode(patch.encoding))
+        rewritten.with_name(rewritten.name + ".diff").write_bytes(patch.diff.encode())
+        marker = f"h2fix {__version__}\n{patch.label}\nfixes: {', '.join(patch.fixes)}\n"
+        (tree / MARKER).write_bytes(marker.encode())
+    except OSError as error:
+        raise WriteError(tree.parent, error) from error
 
 
 def _locate_installed(target: str) -> Located:
@@ -295,20 +348,23 @@ def _with_header(source: str, header: str) -> str:
 
 
 def _move_into_place(tree: Path, destination: Path, out: Path) -> None:
-    if not os.path.lexists(destination):
-        tree.rename(destination)
-        return
-    # The earlier copy is moved aside first, so a failure can put it back untouched.
-    aside = Path(tempfile.mkdtemp(prefix=".h2fix-replaced-", dir=out))
     try:
-        destination.rename(aside / destination.name)
-        try:
+        if not os.path.lexists(destination):
             tree.rename(destination)
-        except OSError:
-            (aside / destination.name).rename(destination)
-            raise
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
+            return
+        # The earlier copy is moved aside first, so a failure can put it back untouched.
+        aside = Path(tempfile.mkdtemp(prefix=".h2fix-replaced-", dir=out))
+        try:
+            destination.rename(aside / destination.name)
+            try:
+                tree.rename(destination)
+            except OSError:
+                (aside / destination.name).rename(destination)
+                raise
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+    except OSError as error:
+        raise WriteError(destination, error) from error
 
 
 # --- checking the copy in fresh interpreters -----------------------------------
