@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import h2fix
-from h2fix._vendor import MARKER, protected_places
+from h2fix._vendor import MARKER, _invocation_entry, protected_places
 from support.isolated import copy_package
 from support.releases import unpacked, wheel
 from support.servers import ROOT
@@ -232,7 +232,9 @@ def test_every_system_and_pyenv_python_is_protected() -> None:
     system = [*Path("/usr/lib").glob("python3*"), *Path("/usr/local/lib").glob("python3*")]
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
     pyenv = list(pyenv_root.glob("versions/*/lib/python*"))
-    for expected in (*system, *pyenv, *map(Path, filter(None, sys.path))):
+    # Not the entry Python adds for how it was started (the script's or current directory).
+    import_path = [Path(p) for p in sys.path if p and p != _invocation_entry()]
+    for expected in (*system, *pyenv, *import_path):
         assert expected.resolve() in places
 
 
