@@ -228,7 +228,7 @@ def vendor(target: str, out: Path, fixes: Sequence[str] | None = None) -> Vendor
     patch = _patch(located, fixes)  # refusals and "nothing to fix" stop here: nothing written
     with _staging(out) as staging:
         _write_copy(staging / target, package, patch)
-        _check_matcher(staging, located.target.module, target, fixes)
+        _check_matcher(staging, target, fixes)
         _check_serving(staging, located.target.module, target)
         _check_replaceable(destination)  # again: it may have appeared while the checks ran
         _move_into_place(staging / target, destination, out)
@@ -407,7 +407,7 @@ def _fresh_python(code: str, root: Path, **setup: object) -> tuple[list[str], di
     user_site = [site.getusersitepackages()] if site.ENABLE_USER_SITE else []
     data = {
         "root": str(root),
-        "path": [str(root), *(p for p in pythonpath if p)],
+        "path": [str(root), *pythonpath],
         "user_site": [d for d in user_site if os.path.isdir(d)],
         **setup,
     }
@@ -417,13 +417,9 @@ def _fresh_python(code: str, root: Path, **setup: object) -> tuple[list[str], di
     return command, env
 
 
-def _check_matcher(
-    root: Path, module: str, target: str, fixes: Sequence[str] | None
-) -> None:
+def _check_matcher(root: Path, target: str, fixes: Sequence[str] | None) -> None:
     """The copy imports from itself and the selected fixes find nothing left to do."""
-    command, env = _fresh_python(
-        _MATCHER, root, target=target, fixes=list(fixes) if fixes else None, module=module
-    )
+    command, env = _fresh_python(_MATCHER, root, target=target, fixes=list(fixes or []) or None)
     completed = subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=300, check=False
     )
