@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     target_option(verify)
     verify.set_defaults(handler=_verify)
 
+    vendor = command("vendor", "write a patched copy of the package, checked by serving it")
+    fix_options(vendor)
+    vendor.add_argument("--out", required=True, type=Path, metavar="DIR", help="where to write")
+    vendor.set_defaults(handler=_vendor)
+
     run = command("run", "serve with the fix applied: h2fix run -- hypercorn app:app [options]")
     run.add_argument("--fix", action="append", choices=[fix.name for fix in _fixes.FIXES])
     run.add_argument("server", nargs=argparse.REMAINDER, help="the server's command line")
@@ -162,6 +167,12 @@ def _verify(args: argparse.Namespace) -> int:
 
     locate(args.target)  # fail early, with advice, when it is not installed
     return verify(args.target, sys.stdout)
+
+
+def _vendor(args: argparse.Namespace) -> int:
+    from ._vendor import run
+
+    return run(args.target, args.out, args.fix, sys.stdout)
 
 
 def _run(args: argparse.Namespace) -> int:  # noqa: RET503 - execv does not return

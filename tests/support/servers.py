@@ -2,7 +2,7 @@
 
 - "apply": the test's own launcher calls h2fix.apply() and serves (support.serve);
 - "run": `h2fix run -- hypercorn ... --workers 2` (spawned workers);
-- "vendored": stock `python -m hypercorn` importing a copy written by scripts/vendor.py.
+- "vendored": stock `python -m hypercorn` importing a copy written by `h2fix vendor`.
 
 With H2FIX_TEST_WITHOUT_FIX=1 every mode serves the stock, unrepaired server.
 """
@@ -27,12 +27,11 @@ APP = "support.grpc_app:app"
 
 
 def vendored_copy(target: str, out: Path) -> Path:
-    """A patched copy of the installed target, written by the project's script."""
-    subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "vendor.py"), "--target", target, "--out", out],
-        check=True,
-        capture_output=True,
-    )
+    """A patched copy of the installed target, written (and checked) by `h2fix vendor`."""
+    command = [sys.executable, "-m", "h2fix", "vendor", "--target", target, "--out", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"h2fix vendor exited {completed.returncode}: {completed.stderr}")
     return out
 
 
