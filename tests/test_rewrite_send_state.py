@@ -137,6 +137,22 @@ SEND_DATA, STREAM_SEND, HANDLE_EVENTS = (
 ALL = (SEND_DATA, STREAM_SEND, HANDLE_EVENTS)
 FIXED = {"send_release": SEND_RELEASE_FIXED, "trailers": TRAILERS_FIXED, "reset": RESET_FIXED}
 
+MATCH = """\
+elif True:
+    match event:
+        case Trailers():
+            self.connection.send_headers(event.stream_id, [], end_stream=True)
+"""
+MATCH_FIXED = """\
+elif True:
+    match event:
+        case Trailers():
+            self.connection.send_headers(event.stream_id, [], end_stream=True)
+            if event.stream_id in self.stream_buffers:
+                self.priority.remove_stream(event.stream_id)
+                await self.stream_buffers.pop(event.stream_id).close()
+"""
+
 # id: (parts before, parts after, functions changed)
 REWRITES = {
     "hypercorn-0.18": ({}, FIXED, ALL),
@@ -196,6 +212,7 @@ REWRITES = {
         },
         ALL,
     ),
+    "match-case": ({"trailers": MATCH}, {**FIXED, "trailers": MATCH_FIXED}, ALL),
     "priority-tree-imported": (
         {"init": INIT.replace("priority.PriorityTree()", "PriorityTree()")},
         {**FIXED, "init": INIT.replace("priority.PriorityTree()", "PriorityTree()")},
@@ -320,12 +337,13 @@ REFUSALS = {
         {"catch": "except (BufferCompleteError, KeyError):"},
         "catches KeyError and MissingStreamError",
     ),
-    "trailers-in-match": (
-        {
-            "trailers": "elif True:\n    match event:\n        case Trailers():\n"
-            "            self.connection.send_headers(event.stream_id, [], end_stream=True)\n"
-        },
-        "an `if isinstance(<event>, Trailers):` branch",
+    "guarded-case": (
+        {"trailers": MATCH.replace("case Trailers():", "case Trailers() if event.headers:")},
+        "`case Trailers():` alone, with no guard",
+    ),
+    "case-shared-with-others": (
+        {"trailers": MATCH.replace("case Trailers():", "case Trailers() | Data():")},
+        "`case Trailers():` alone, with no guard",
     ),
     "no-reset-branch": (
         {"reset_kind": "h2.events.Other"},

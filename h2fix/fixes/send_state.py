@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import NoReturn, Union
 
 import libcst as cst
 
@@ -175,7 +175,7 @@ def _isinstance_of(test: cst.BaseExpression, names: tuple[str, ...]) -> cst.Base
     return test.args[0].value if name in names else None
 
 
-def _names_in(kind: cst.BaseExpression) -> set[str]:
+def _names_in(kind: cst.CSTNode) -> set[str]:
     """Class names an isinstance second argument or an except clause mentions."""
     found = set()
     for node in _walk(kind):
@@ -469,23 +469,23 @@ class _Fix:
     # After the trailers, sent with END_STREAM
 
     def _trailers(self, cls: cst.ClassDef, names: _Names) -> None:
-        branches = [
-            (method, branch, tries)
-            for method in cls.body.body
-            if isinstance(method, cst.FunctionDef)
-            for branch, tries in _branches(method.body, ())
-            if _isinstance_of(branch.test, ("Trailers",)) is not None
-        ]
+        branches: list[tuple[cst.FunctionDef, _Branch, tuple[cst.Try, ...]]] = []
         for method in cls.body.body:
-            if isinstance(method, cst.FunctionDef) and any(
-                isinstance(n, cst.MatchClass) and "Trailers" in _names_in(n.cls)
-                for n in _walk(method)
-            ):
-                self.refuse(
-                    f"{cls.name.value}.{method.name.value}",
-                    "an `if isinstance(<event>, Trailers):` branch",
-                    "a `case Trailers()` pattern",
-                )
+            if not isinstance(method, cst.FunctionDef):
+                continue
+            for branch, tries in _branches(method.body, ()):
+                if isinstance(branch, cst.If):
+                    if _isinstance_of(branch.test, ("Trailers",)) is not None:
+                        branches.append((method, branch, tries))
+                elif "Trailers" in _names_in(branch.pattern):
+                    if not _case_of(branch.pattern, "Trailers") or branch.guard is not None:
+                        self.refuse(
+                            f"{cls.name.value}.{method.name.value}",
+                            "`case Trailers():` alone, with no guard (END_STREAM is for "
+                            "trailers only)",
+                            _shown(branch),
+                        )
+                    branches.append((method, branch, tries))
         if not branches:
             self.plan.notes.append("no trailers support in this version")
             return
@@ -496,9 +496,7 @@ class _Fix:
         where = f"{cls.name.value}.{method.name.value}"
         receiver = self_name(method)
         if receiver is None or method.asynchronous is None:
-            self.refuse(
-                where, "the Trailers branch in an `async def` method", _without_orelse(branch)
-            )
+            self.refuse(where, "the Trailers branch in an `async def` method", _shown(branch))
         body = branch.body
         sends = [n for n in _walk(body) if _method_call(n, "send_headers") is not None]
         lines = body.body if isinstance(body, cst.IndentedBlock) else ()
@@ -512,7 +510,7 @@ class _Fix:
                 where,
                 "exactly one `<connection>.send_headers(...)` statement, directly in the "
                 "Trailers branch",
-                _without_orelse(branch),
+                _shown(branch),
             )
         send_index = direct[0]
         value = _expression(body.body[send_index])
@@ -521,9 +519,7 @@ class _Fix:
         assert call is not None
         ends = _end_stream(call[1])
         if ends is None:
-            self.refuse(
-                where, "end_stream given as the literal True or False", _without_orelse(branch)
-            )
+            self.refuse(where, "end_stream given as the literal True or False", _shown(branch))
         if not ends:
             # The stream is not ended here: the end-of-body branch ends it through
             # _send_data(), which releases the state itself. Nothing to do.
@@ -536,17 +532,17 @@ class _Fix:
             self.refuse(
                 where,
                 "the stream id of send_headers as a name or attribute (it is repeated)",
-                _without_orelse(branch),
+                _shown(branch),
             )
         if any(_releases(line, receiver, names, stream_id) for line in body.body[send_index + 1 :]):
             return
-        self._prove_catches(where, tries, branch)
+        self._prove_catches(where, tries)
         lines = list(body.body)
         lines.insert(send_index + 1, self.release(receiver, names, stream_id))
         self.plan.blocks[id(body)] = lines
         self.plan.changed[where] = None
 
-    def _prove_catches(self, where: str, tries: tuple[cst.Try, ...], branch: cst.If) -> None:
+    def _prove_catches(self, where: str, tries: tuple[cst.Try, ...]) -> None:
         """Events for the stream after the release (the end-of-body branch) find no buffer or
         no node: the dispatch around the branch must already catch what that raises."""
         caught = set()
@@ -570,7 +566,8 @@ class _Fix:
             for method in cls.body.body
             if isinstance(method, cst.FunctionDef)
             for branch, _ in _branches(method.body, ())
-            if (subject := _isinstance_of(branch.test, ("StreamReset",))) is not None
+            if isinstance(branch, cst.If)
+            and (subject := _isinstance_of(branch.test, ("StreamReset",))) is not None
         ]
         if len(branches) != 1:
             where = ", ".join(m.name.value for m, _, _ in branches) or "none"
@@ -582,13 +579,11 @@ class _Fix:
             self.refuse(
                 where,
                 "the StreamReset branch in an `async def` method, testing a plain name",
-                _without_orelse(branch),
+                _shown(branch),
             )
         body = branch.body
         if not isinstance(body, cst.IndentedBlock):
-            self.refuse(
-                where, "the StreamReset branch body on its own lines", _without_orelse(branch)
-            )
+            self.refuse(where, "the StreamReset branch body on its own lines", _shown(branch))
         stream_id = cst.Attribute(value=cst.Name(subject.value), attr=cst.Name("stream_id"))
         if any(_releases(line, receiver, names, stream_id) for line in body.body):
             return
@@ -615,14 +610,17 @@ def _handlers(method: cst.FunctionDef) -> Iterator[cst.ExceptHandler]:
             yield node
 
 
+_Branch = Union[cst.If, cst.MatchCase]
+
+
 def _branches(
     node: cst.CSTNode, tries: tuple[cst.Try, ...]
-) -> Iterator[tuple[cst.If, tuple[cst.Try, ...]]]:
-    """Every `if`/`elif` in a function body (not in nested functions or classes), with the
-    `try` statements whose body holds it."""
+) -> Iterator[tuple[_Branch, tuple[cst.Try, ...]]]:
+    """Every `if`/`elif` and `case` in a function body (not in nested functions or classes),
+    with the `try` statements whose body holds it."""
     if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
         return
-    if isinstance(node, cst.If):
+    if isinstance(node, (cst.If, cst.MatchCase)):
         yield node, tries
     if isinstance(node, cst.Try):
         yield from _branches(node.body, (*tries, node))
@@ -634,8 +632,18 @@ def _branches(
         yield from _branches(child, tries)
 
 
-def _without_orelse(branch: cst.If) -> cst.If:
-    return branch.with_changes(orelse=None)
+def _shown(branch: _Branch) -> _Branch:
+    """The branch alone, without the elif/else chain that follows it."""
+    return branch.with_changes(orelse=None) if isinstance(branch, cst.If) else branch
+
+
+def _case_of(pattern: cst.MatchPattern, name: str) -> bool:
+    """`case <name>():` or `case mod.<name>():`, nothing else."""
+    if not isinstance(pattern, cst.MatchClass) or pattern.patterns or pattern.kwds:
+        return False
+    kind = pattern.cls
+    found = kind.attr if isinstance(kind, cst.Attribute) else kind
+    return isinstance(found, cst.Name) and found.value == name
 
 
 def _end_stream(args: Sequence[cst.Arg]) -> bool | None:
