@@ -25,6 +25,7 @@ import grpc
 import pytest
 
 from h2fix._probe import H2Client
+from support.releases import unpacked
 from support.servers import WITH_FIX, running_server
 
 pytestmark = pytest.mark.server
@@ -126,28 +127,70 @@ def test_without_send_state_the_trio_server_dies(tmp_path: Path) -> None:
     assert "TooManyStreamsError" in log
 
 
+@pytest.mark.network
+def test_stock_hypercorn_018_under_trio(tmp_path: Path) -> None:
+    """Hypercorn 0.18.0 as released has the fault too; with h2fix it serves the load."""
+    site = unpacked("hypercorn", "0.18.0")
+    extra = ["--inspect", *KEEP_ALIVE]
+    with running_server(tmp_path, "hypercorn", "trio", first_on_path=site, extra=extra) as (
+        port,
+        process,
+    ):
+        outcomes, largest = unary_calls(port, 1500)
+        assert outcomes == {"ok": 1500}
+        assert max(largest) <= 2 * IN_FLIGHT, largest
+        assert set(wait_until_idle(port)) <= IDLE
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    log = next(tmp_path.glob("server-*.log")).read_text()
+    assert "hypercorn 0.18.0" in log
+    assert "trailers: already fixed upstream" in log
+    assert "send_state: applied" in log
+
+
+def cancelled_calls(channel: grpc.Channel, count: int) -> collections.Counter[str]:
+    """`count` Slow calls the client gives up on (deadlines, and every tenth cancelled)
+    while the handler still works on them, IN_FLIGHT at a time."""
+    outcomes: collections.Counter[str] = collections.Counter()
+    slow = channel.unary_unary("/test.Test/Slow")
+    pending: collections.deque[Any] = collections.deque()
+    for i in range(count):
+        if i % 10 == 0:
+            future = slow.future(b"30", timeout=30)
+            time.sleep(0.02)  # the request reaches the server before the cancel
+            future.cancel()
+        else:
+            future = slow.future(b"30", timeout=0.3)
+        pending.append(future)
+        if len(pending) == IN_FLIGHT:
+            settle(pending.popleft(), outcomes)
+    for future in pending:
+        settle(future, outcomes)
+    return outcomes
+
+
 def test_cancelled_calls_release_their_state(server: tuple[int, Any]) -> None:
-    """1100 calls given up by the client (deadlines and explicit cancels) on one channel,
-    while the handler still works on them: the server keeps nothing of them, and the
+    """1100 cancelled calls on one channel: the server keeps nothing of them, and the
     connection still serves."""
     port, _ = server
-    outcomes: collections.Counter[str] = collections.Counter()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        slow = channel.unary_unary("/test.Test/Slow")
-        pending: collections.deque[Any] = collections.deque()
-        for i in range(1100):
-            if i % 10 == 0:
-                future = slow.future(b"30", timeout=30)
-                time.sleep(0.02)  # the request reaches the server before the cancel
-                future.cancel()
-            else:
-                future = slow.future(b"30", timeout=0.3)
-            pending.append(future)
-            if len(pending) == IN_FLIGHT:
-                settle(pending.popleft(), outcomes)
-        for future in pending:
-            settle(future, outcomes)
+        outcomes = cancelled_calls(channel, 1100)
         assert set(outcomes) == {"CANCELLED", "DEADLINE_EXCEEDED: Deadline Exceeded"}, outcomes
         assert set(wait_until_idle(port)) <= IDLE
         echo = channel.unary_unary("/test.Test/Echo")
         assert echo(b"still serving", timeout=10) == b"still serving"
+
+
+@pytest.mark.skipif(not WITH_FIX, reason="serves the stock server: nothing to compare")
+def test_without_send_state_cancelled_calls_leak(tmp_path: Path) -> None:
+    """The same cancellations with every fix but this one: their send state stays."""
+    others = ["--only-fix", "trailers", "--only-fix", "request_received"]
+    extra = ["--inspect", *KEEP_ALIVE, *others]
+    with (
+        running_server(tmp_path, "hypercorn", "asyncio", extra=extra) as (port, _),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        cancelled_calls(channel, 500)
+        time.sleep(1)
+        held = open_connections(port)
+    assert not set(held) <= IDLE, held  # a calm connection still holding streams
