@@ -85,6 +85,7 @@ DEFAULTS = {
     "events": "async def _handle_events(self, events):",
     "ev": "event",
     "reset_kind": "h2.events.StreamReset",
+    "imports": "import priority\n",
 }
 
 
@@ -96,7 +97,7 @@ def module(**parts: str) -> str:
     """A protocol module in Hypercorn's shape, with some of its parts replaced."""
     p = {**DEFAULTS, **parts}
     return (
-        "import priority\n\n\n"
+        f"{p['imports']}\n\n"
         f"{p['buffer_class']}\n\n"
         "class H2Protocol:\n"
         "    def __init__(self) -> None:\n"
@@ -214,8 +215,15 @@ REWRITES = {
     ),
     "match-case": ({"trailers": MATCH}, {**FIXED, "trailers": MATCH_FIXED}, ALL),
     "priority-tree-imported": (
-        {"init": INIT.replace("priority.PriorityTree()", "PriorityTree()")},
-        {**FIXED, "init": INIT.replace("priority.PriorityTree()", "PriorityTree()")},
+        {
+            "imports": "from priority import PriorityTree\n",
+            "init": INIT.replace("priority.PriorityTree()", "PriorityTree()"),
+        },
+        {
+            **FIXED,
+            "imports": "from priority import PriorityTree\n",
+            "init": INIT.replace("priority.PriorityTree()", "PriorityTree()"),
+        },
         ALL,
     ),
     "send-data-already-tolerant": (
@@ -288,7 +296,7 @@ TWO_CLASSES = module() + "\n\n" + module().split("\n\n\n", 1)[1].replace("H2Prot
 # id: (parts, expected in the refusal's `expected`)
 REFUSALS = {
     "send-data-releases-otherwise": (
-        {"send_release": "self.stream_buffers.clear()\n"},
+        {"send_release": "self.priority.remove_stream(stream_id)\n"},
         "releases the stream's send state",
     ),
     "release-of-another-stream": (
@@ -297,6 +305,17 @@ REFUSALS = {
     ),
     "tree-of-another-class": (
         {"init": INIT.replace("priority.PriorityTree()", "MyTree()")},
+        "priority.PriorityTree() in __init__ only",
+    ),
+    "priority-not-imported": (
+        {"imports": "import h2\n"},
+        "priority.PriorityTree() in __init__ only",
+    ),
+    "priority-tree-not-from-priority": (
+        {
+            "imports": "from mytrees import PriorityTree\n",
+            "init": INIT.replace("priority.PriorityTree()", "PriorityTree()"),
+        },
         "priority.PriorityTree() in __init__ only",
     ),
     "buffers-rebound-later": (

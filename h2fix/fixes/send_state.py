@@ -334,13 +334,14 @@ class _Fix:
             if self._send_release(cls, method, handler) is not None
         ]
         if not senders:
-            if any(_self_attribute(n, "self") == "stream_buffers" for n in _walk(self.module)):
+            # A priority tree with streams taken out of it: send state this fix cannot see.
+            if any(_method_call(n, "remove_stream") for n in _walk(self.module)):
                 self.refuse(
                     "<module>",
                     "a method whose except clause releases the stream's send state "
                     "(`await self.<buffers>[<id>].close()`, `del self.<buffers>[<id>]`, "
                     "`self.<priority>.remove_stream(<id>)`)",
-                    "stream_buffers is used, but no such release exists",
+                    "remove_stream is called, but no such release exists",
                 )
             return Outcome.NOT_APPLICABLE
         if len(senders) > 1:
@@ -414,7 +415,7 @@ class _Fix:
                     attr = _self_attribute(target, receiver) if receiver else None
                     in_init = method.name.value == "__init__"
                     if attr == names.priority:
-                        if not (in_init and value is not None and _is_priority_tree(value)):
+                        if not (in_init and value is not None and self._priority_tree(value)):
                             self.refuse(
                                 where,
                                 f"self.{attr} = priority.PriorityTree() in __init__ only",
@@ -465,6 +466,28 @@ class _Fix:
         )
         self.plan.blocks[id(handler.body)] = [release]
         self.plan.changed[f"{cls.name.value}.{method.name.value}"] = None
+
+    def _priority_tree(self, value: cst.BaseExpression) -> bool:
+        """`priority.PriorityTree()` after `import priority`, or `PriorityTree()` after
+        `from priority import PriorityTree` (its remove_stream is the one called)."""
+        if not (isinstance(value, cst.Call) and not value.args):
+            return False
+        modules: set[str] = set()  # import priority
+        names: set[str] = set()  # from priority import PriorityTree
+        for line in self.module.body:
+            small = _only(line)
+            if isinstance(small, cst.Import):
+                modules |= {self.code(a.name) for a in small.names if a.asname is None}
+            elif (
+                isinstance(small, cst.ImportFrom)
+                and small.module is not None
+                and self.code(small.module) == "priority"
+                and not isinstance(small.names, cst.ImportStar)
+            ):
+                names |= {self.code(a.name) for a in small.names if a.asname is None}
+        if isinstance(value.func, cst.Attribute):
+            return "priority" in modules and self.code(value.func) == "priority.PriorityTree"
+        return isinstance(value.func, cst.Name) and value.func.value in names & {"PriorityTree"}
 
     # After the trailers, sent with END_STREAM
 
@@ -589,19 +612,6 @@ class _Fix:
             return
         self.plan.blocks[id(body)] = [*body.body, self.release(receiver, names, stream_id)]
         self.plan.changed[where] = None
-
-
-def _is_priority_tree(value: cst.BaseExpression) -> bool:
-    if not (isinstance(value, cst.Call) and not value.args):
-        return False
-    func = value.func
-    if isinstance(func, cst.Attribute):
-        return (
-            func.attr.value == "PriorityTree"
-            and isinstance(func.value, cst.Name)
-            and func.value.value == "priority"
-        )
-    return isinstance(func, cst.Name) and func.value == "PriorityTree"
 
 
 def _handlers(method: cst.FunctionDef) -> Iterator[cst.ExceptHandler]:
