@@ -4,14 +4,17 @@ Hypercorn keeps two pieces of send state per stream, apart from the stream
 itself: a buffer (`self.stream_buffers[stream_id]`) and a node in the priority
 tree (`self.priority`). Only `_send_data()` releases them, when the sending
 task schedules the stream once more after its last DATA and finds the buffer
-complete, or when h2 refuses to send on it. Two kinds of stream are never
+complete, or when h2 refuses to send on it. Two kinds of stream are not
 reached again:
 
 - a response that ends with trailers (every gRPC call): the trailers carry
-  END_STREAM, so nothing is left for `_send_data()` to end; under load the
-  priority tree keeps scheduling newer streams first and the finished ones are
-  only reached when the load stops;
-- a stream the client resets (every gRPC deadline or cancellation).
+  END_STREAM and the end-of-body event after them leaves one last pass to
+  `_send_data()`, but new streams enter the priority tree ahead of older ones,
+  so under steady load that pass never comes (measured: every finished stream
+  stays until the load stops);
+- a stream the client resets (every gRPC deadline or cancellation) while its
+  buffer is empty: `_send_data()` finds nothing to send, blocks it, and it
+  stays for the life of the connection.
 
 At 1001 live nodes `PriorityTree.insert_stream` raises TooManyStreamsError,
 which kills the connection (and, under the trio worker, the server).
@@ -31,7 +34,9 @@ is the same statement, which removes both synchronously, before any await:
 
 Closing the buffer wakes a writer waiting in push() or drain(). Every name is
 learned from `_send_data()`'s release and proven in `__init__`; the buffer
-class must be one the module defines, with an async `close()`.
+class must be one the module defines, with an async `close()`. Like the
+module's own release, it takes a buffer to mean a node (both are added
+together in `_create_stream` and, everywhere, removed together).
 """
 
 from __future__ import annotations
