@@ -55,6 +55,15 @@ FIXES: tuple[Fix, ...] = (
         upstream="https://github.com/pgjones/hypercorn/issues/318",
         module="h2fix.fixes.request_received",
     ),
+    Fix(
+        name="send_state",
+        description=(
+            "release a stream's send buffer and priority node when it ends with trailers or "
+            "is reset (at 1001 the connection dies, under trio the server)"
+        ),
+        upstream="https://github.com/pgjones/hypercorn/issues",
+        module="h2fix.fixes.send_state",
+    ),
 )
 
 

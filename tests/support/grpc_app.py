@@ -9,6 +9,8 @@ and the payload. Methods (all take one message):
     /test.Test/Stream    server stream: int(request) messages b"0", b"1", ...
     /test.Test/Fail      unary: NOT_FOUND with a grpc-message
     /test.Test/Metadata  unary: echoes, with custom trailing metadata (and the worker's pid)
+    /test.Test/Slow      unary: answers after float(request) seconds, or not at all when the
+                         client gives up first (a deadline or a cancel resets the stream)
 
 and two plain HTTP paths: /hello (b"hello") and /push (pushes /hello, then b"pushed").
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 import os
 import struct
 from typing import Any, Callable
+
+import anyio
 
 from h2fix._probe import lifespan
 
@@ -42,7 +46,7 @@ def unframe(data: bytes) -> list[bytes]:
 
 def _handle(path: str, request: bytes) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
     ok = [(b"grpc-status", b"0")]
-    if path == "/test.Test/Echo":
+    if path in ("/test.Test/Echo", "/test.Test/Slow"):
         return [request], ok
     if path == "/test.Test/Big":
         return [b"x" * int(request)], ok
@@ -70,6 +74,14 @@ async def app(scope: Scope, receive: Callable[[], Any], send: Callable[[Message]
         if not message.get("more_body", False):
             break
     requests = unframe(body)
+    if scope["path"] == "/test.Test/Slow":
+        # As a real gRPC server does, the handler ends without a response when the client
+        # resets the stream (Hypercorn then sends http.disconnect).
+        with anyio.move_on_after(float(requests[0])):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
+        requests = [b"slow"]
     responses, trailers = _handle(scope["path"], requests[0] if requests else b"")
     await send(
         {

@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--worker-class", default="asyncio", choices=["asyncio", "trio"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fix", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--only-fix", action="append", help="apply only this fix (repeatable); all by default"
+    )
     parser.add_argument("--inspect", action="store_true")
     parser.add_argument("--toggle", type=int, default=0)
     parser.add_argument("--toggle-threads", type=int, default=1)
@@ -103,7 +106,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.fix:
-        print(h2fix.apply(args.target), file=sys.stderr, flush=True)
+        print(h2fix.apply(args.target, fixes=args.only_fix), file=sys.stderr, flush=True)
     if args.inspect:
         track_protocols(args.target)
     if args.toggle:
