@@ -1,12 +1,15 @@
 """Rewrites of released files, shipped with h2fix, so known releases need no LibCST.
 
 `scripts/known_releases.py` runs the LibCST fixes on every release file h2fix
-knows and stores, per (file hash, fix, environment facts), the fix's outcome and
-its edits as line ranges. A lookup applies the edits of the selected fixes to
-the file whose SHA-256 matches; the result is byte for byte what the fixes
-produce (a test regenerates the table from the releases and compares). Any
-mismatch - unknown file, other h2 facts, a fix missing from the table - is a
-miss, and the caller takes the LibCST path.
+knows and stores, per (file hash, fix set, environment facts), each fix's outcome
+and the edits as line ranges. The stored sets are the ones start-up asks for:
+all fixes (`apply()`) and each fix alone (`patch_h2_protocol_minimal()`); fixes
+run in sequence and a later one may build on an earlier one's output, so a set
+is stored whole, never composed. A lookup applies the edits to the file whose
+SHA-256 matches; the result is byte for byte what the fixes produce (a test
+regenerates the table from the releases and compares). Anything else - unknown
+file, other h2 facts, another fix set - is a miss, and the caller takes the
+LibCST path.
 
 H2FIX_NO_KNOWN_RELEASES=1 turns the table off.
 """
@@ -22,8 +25,8 @@ from ._results import FixOutcome, Outcome, Rewrite
 
 #: (start, end, new lines): original lines [start, end) become the new lines.
 Edit = tuple[int, int, tuple[str, ...]]
-#: outcome value, message, changed functions, edits
-Entry = tuple[str, str, tuple[str, ...], tuple[Edit, ...]]
+#: Per fix: (outcome value, message, changed functions).
+Outcomes = tuple[tuple[str, str, tuple[str, ...]], ...]
 
 #: Stands for the installed h2's version in stored messages.
 H2_VERSION_MARK = "\x00h2-version\x00"
@@ -44,24 +47,19 @@ def lookup(source: str, fixes: Sequence[str], environment: Environment) -> Rewri
         return None
     from ._known_releases import ENTRIES
 
-    file = digest(source)
-    environment_facts = facts(environment)
-    entries = [ENTRIES.get((file, fix, environment_facts)) for fix in fixes]
-    if not all(entries):
+    entry = ENTRIES.get((digest(source), ",".join(fixes), facts(environment)))
+    if entry is None:
         return None
+    stored, edits = entry
     version = environment.h2_version or "unknown"
-    outcomes = []
-    edits: list[Edit] = []
-    for fix, entry in zip(fixes, entries):
-        assert entry is not None
-        outcome, message, functions, fix_edits = entry
-        message = message.replace(H2_VERSION_MARK, version)
-        outcomes.append(FixOutcome(fix, Outcome(outcome), message, functions))
-        edits.extend(fix_edits)
+    outcomes = tuple(
+        FixOutcome(fix, Outcome(outcome), message.replace(H2_VERSION_MARK, version), functions)
+        for fix, (outcome, message, functions) in zip(fixes, stored)
+    )
     new_source = apply_edits(source, edits)
     if new_source is None:
         return None
-    return Rewrite(original=source, source=new_source, outcomes=tuple(outcomes))
+    return Rewrite(original=source, source=new_source, outcomes=outcomes)
 
 
 def apply_edits(source: str, edits: Iterable[Edit]) -> str | None:

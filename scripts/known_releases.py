@@ -92,6 +92,11 @@ def release_source(name: str, version: str, cache: Path) -> str:
         return importlib.util.decode_source(archive.read(f"{name}/protocol/h2.py"))
 
 
+def fix_sets() -> list[tuple[_fixes.Fix, ...]]:
+    """The fix sets start-up asks for: all of them, and each one alone."""
+    return [_fixes.FIXES, *((fix,) for fix in _fixes.FIXES)]
+
+
 def render(sources: dict[str, str]) -> str:
     """The table module's text for these release files (deterministic)."""
     releases: dict[str, str] = {}
@@ -101,15 +106,13 @@ def render(sources: dict[str, str]) -> str:
         releases[file] = f"{releases[file]}, {label}" if file in releases else label
         for environment in ENVIRONMENTS:
             marked = replace(environment, h2_version=H2_VERSION_MARK)
-            for fix in _fixes.FIXES:
-                result = rewrite_with_libcst(source, (fix,), marked, strict=False)
-                [outcome] = result.outcomes
-                if outcome.error is not None:
-                    continue  # refused: the LibCST path at runtime says why
-                entries[(file, fix.name, facts(environment))] = (
-                    outcome.outcome.value,
-                    outcome.message,
-                    outcome.functions,
+            for selected in fix_sets():
+                result = rewrite_with_libcst(source, selected, marked, strict=False)
+                if result.refusals:
+                    continue  # the LibCST path at runtime says why
+                names = ",".join(fix.name for fix in selected)
+                entries[(file, names, facts(environment))] = (
+                    tuple((o.outcome.value, o.message, o.functions) for o in result.outcomes),
                     edits_between(source, result.source),
                 )
     lines = [
@@ -122,8 +125,11 @@ def render(sources: dict[str, str]) -> str:
         *(f"    {file!r}: {label!r}," for file, label in sorted(releases.items())),
         "}",
         "ENTRIES: dict[",
-        "    tuple[str, str, str],",
-        "    tuple[str, str, tuple[str, ...], tuple[tuple[int, int, tuple[str, ...]], ...]],",
+        "    tuple[str, str, str],  # file hash, fix names, h2 facts",
+        "    tuple[",
+        "        tuple[tuple[str, str, tuple[str, ...]], ...],  # per fix: outcome, message, functions",
+        "        tuple[tuple[int, int, tuple[str, ...]], ...],  # edits",
+        "    ],",
         "] = {",
         *(f"    {key!r}: {value!r}," for key, value in sorted(entries.items())),
         "}",

@@ -47,7 +47,9 @@ def test_table_is_what_the_fixes_give() -> None:
     "environment", [H2_KEYWORD_EVENTS, H2_NO_ARGUMENT_EVENTS], ids=["h2-4.3+", "h2-4.2"]
 )
 @pytest.mark.parametrize(
-    "fixes", [None, ["trailers"], ["request_received"]], ids=["all", "trailers", "request_received"]
+    "fixes",
+    [None, *([fix.name] for fix in h2fix.fixes.FIXES)],
+    ids=["all", *(fix.name for fix in h2fix.fixes.FIXES)],
 )
 def test_lookup_equals_the_libcst_rewrite(
     environment: h2fix.Environment, fixes: list[str] | None, monkeypatch: pytest.MonkeyPatch
