@@ -331,13 +331,13 @@ REFUSED = {
     "static-method": (static_method, "a plain method"),
     "stream-id-with-side-effects": (id_with_side_effects, "on the stream the end-of-body"),
     "mapped-stream-id": (mapped_stream_id, "on the stream the end-of-body"),
-    "ends-the-stream-after": (ends_the_stream_after, "only in the steps and the send"),
+    "ends-the-stream-after": (ends_the_stream_after, "the connection only in the send"),
     "connection-wrapper": (connection_wrapper, "H2Connection"),
     "method-replaced-later": (method_replaced_later, "defined once in class"),
     "class-defined-twice": (class_defined_twice, "the class defined once"),
     "branch-after-return": (branch_after_return, "the branch reachable"),
     "receiver-rebound": (receiver_rebound, "never reassigned"),
-    "buffer-deleted-first": (buffer_deleted_first, "only in the steps and the send"),
+    "buffer-deleted-first": (buffer_deleted_first, "only in the steps before the send"),
 }
 
 

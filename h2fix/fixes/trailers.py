@@ -660,19 +660,23 @@ class _Proof:
         objects: _Objects,
         connection: set[str],
     ) -> None:
-        """Other statements leave the stream's send state and the connection alone."""
+        """Other statements leave the connection alone, and before the send, the stream's
+        send state too: the inserted drain needs the buffer the end-of-body branch drains.
+        After the send the stream is over, and releasing its send state is fine."""
         buffer_locals = self.buffer_locals(body, receiver, objects)
-        guarded = {f"{receiver}.{attr}" for attr in objects.attributes.values()} | connection
-        guarded |= set(buffer_locals)
+        send_state = {f"{receiver}.{attr}" for attr in objects.attributes.values()}
+        send_state |= set(buffer_locals)
         allowed = {*present.values(), send_index, *buffer_locals.values()}
         for index, statement in enumerate(body.body):
             if index in allowed or self.is_connection_alias(statement, connection):
                 continue
+            guarded = connection | send_state if index < send_index else connection
             for node in walk(statement):
                 if isinstance(node, (cst.Name, cst.Attribute)) and dotted(node) in guarded:
                     raise _Refusal(
-                        "the branch to touch the priority tree, the wake-up event, the stream "
-                        "buffers and the connection only in the steps and the send",
+                        "the branch to touch the priority tree, the wake-up event and the "
+                        "stream buffers only in the steps before the send, and the connection "
+                        "only in the send",
                         statement,
                     )
 
