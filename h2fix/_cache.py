@@ -133,7 +133,16 @@ class Slot:
             if folder is None:
                 return  # off: not even the key is computed
             self._folder = folder
+        except Exception as error:
+            self._unusable(error)
+            return
+        try:
             self._key = key(parts)
+        except Exception as error:  # e.g. h2fix run from a zip: no files to stamp
+            self._unusable(error, problem="cannot compute the key from h2fix's own files",
+                           hint="install h2fix as files, or set H2FIX_NO_CACHE=1")  # fmt: skip
+            return
+        try:
             self._directory = open_private_directory(folder, create=True)
         except Exception as error:
             self._unusable(error)
@@ -252,16 +261,24 @@ class Slot:
                 if now - info.st_mtime > _STALE_TEMPORARY_SECONDS:
                     os.unlink(name, dir_fd=self._directory)
 
-    def _unusable(self, error: Exception, *, storing: bool = False) -> None:
+    def _unusable(
+        self,
+        error: Exception,
+        *,
+        problem: str | None = None,
+        hint: str = _FIX_HINT,
+        storing: bool = False,
+    ) -> None:
         global _warned
         self.close()
-        what = "not storing in" if storing else "not using"
-        message = f"h2fix cache: {what} {self._folder}: {error}"
+        if problem is None:
+            problem = f"{'not storing in' if storing else 'not using'} {self._folder}"
+        message = f"h2fix cache: {problem}: {error}"
         if _warned:
             logger.debug("%s", message)
             return
         _warned = True
-        logger.warning("%s; every start takes the slow path (LibCST); %s", message, _FIX_HINT)
+        logger.warning("%s; every start takes the slow path (LibCST); %s", message, hint)
 
 
 def _read_at_most(fd: int, limit: int) -> bytes:

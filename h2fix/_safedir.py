@@ -152,7 +152,7 @@ def _trusted_link_target(name: str, parent: int, here: str) -> str:
     # lets anyone add entries: only the owner of the link says who chose its target.
     if info.st_uid not in (0, uid):
         raise UnsafeLocationError(
-            here, f"a symbolic link owned by root or uid {uid}", f"one owned by uid {info.st_uid}"
+            here, f"a symbolic link owned by {_you(uid)}", f"one owned by uid {info.st_uid}"
         )
     return os.readlink(name, dir_fd=parent)
 
@@ -162,7 +162,7 @@ def _expect_safe_ancestor(info: os.stat_result, path: str, uid: int) -> None:
         raise UnsafeLocationError(path, "a directory", _kind(info.st_mode))
     if info.st_uid not in (0, uid):
         raise UnsafeLocationError(
-            path, f"a directory owned by root or uid {uid}", f"one owned by uid {info.st_uid}"
+            path, f"a directory owned by {_you(uid)}", f"one owned by uid {info.st_uid}"
         )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
         raise UnsafeLocationError(
@@ -181,6 +181,10 @@ def _expect_private(info: os.stat_result, path: str, uid: int) -> None:
             "no write permission for group or others",
             f"mode {stat.filemode(info.st_mode)}: writable by group or others",
         )
+
+
+def _you(uid: int) -> str:
+    return "root" if uid == 0 else f"root or uid {uid}"
 
 
 def _components(path: str) -> list[str]:

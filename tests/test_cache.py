@@ -266,7 +266,7 @@ def test_attacker_owned_ancestor_is_refused(tmp_path: Path) -> None:
     os.chown(xdg, ATTACKER, ATTACKER)
     assert_cold_and_refused(
         apply_in_fresh_process(None, env=env),
-        f"{xdg}: expected a directory owned by root or uid 0, found one owned by uid 65534",
+        f"{xdg}: expected a directory owned by root, found one owned by uid 65534",
     )
 
 
@@ -282,7 +282,7 @@ def test_attacker_owned_symlink_in_the_chain_is_refused(tmp_path: Path) -> None:
     os.lchown(link, ATTACKER, ATTACKER)
     assert_cold_and_refused(
         apply_in_fresh_process(None, env=env),
-        f"{link}: expected a symbolic link owned by root or uid 0, found one owned by uid 65534",
+        f"{link}: expected a symbolic link owned by root, found one owned by uid 65534",
     )
 
 
@@ -343,7 +343,8 @@ def test_h2fix_run_from_a_zip(tmp_path: Path, no_cache: str) -> None:
         assert warnings(result["log"]) == []  # turned off: nothing computed, nothing to say
     else:
         [warning] = warnings(result["log"])
-        assert "Not a directory" in warning
+        assert "cannot compute the key from h2fix's own files" in warning
+        assert "H2FIX_NO_CACHE=1" in warning
 
 
 def test_relative_xdg_cache_home_is_ignored(tmp_path: Path) -> None:
@@ -457,7 +458,7 @@ def test_an_unusable_cache_warns_once_per_process(tmp_path: Path) -> None:
         check=True,
     )
     [warning] = warnings(result.stderr)  # two cold paths, one warning
-    assert f"not using {cache}: {cache}: expected a directory owned by root or uid 0" in warning
+    assert f"not using {cache}: {cache}: expected a directory owned by root, found" in warning
 
 
 def test_read_only_directory(tmp_path: Path) -> None:
