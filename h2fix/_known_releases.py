@@ -20,7 +20,7 @@ RELEASES: dict[str, str] = {
 ENTRIES: dict[
     tuple[str, str, str],  # file hash, fix names, h2 facts
     tuple[
-        tuple[tuple[str, str, tuple[str, ...]], ...],  # per fix: outcome, message, functions
+        tuple[tuple[str, str, tuple[str, ...]], ...],  # outcome, message, functions
         tuple[tuple[int, int, tuple[str, ...]], ...],  # edits
     ],
 ] = {

@@ -58,22 +58,32 @@ def cache_key(
 def prepare(located: Located, fixes: frozenset[str], environment: Environment) -> Prepared:
     """The prepared code: from this process's memo, the disk cache, or made now."""
     key = cache_key(located, fixes, environment)
-    prepared = _memo.get(key)
-    if prepared is not None:
-        return prepared
-    entry_key = _cache.key(key)
-    entry = _cache.load(entry_key)
-    if entry is not None:
-        prepared = Prepared(*entry)
-    else:
-        prepared = _prepare(located, fixes, environment)
-        if prepared.refusals:
-            return prepared  # never kept: a refusal is re-examined every time
-        entry = (prepared.source, prepared.outcomes, dict(prepared.original_code),
-                 dict(prepared.new_code))  # fmt: skip
-        _cache.store(entry_key, entry)
-    _memo[key] = prepared
+    prepared = _memo.get(key) or _prepare_through_cache(key, located, fixes, environment)
+    if not prepared.refusals:  # a refusal is re-examined every time
+        _memo[key] = prepared
     return prepared
+
+
+def _prepare_through_cache(
+    key: tuple[object, ...], located: Located, fixes: frozenset[str], environment: Environment
+) -> Prepared:
+    with _cache.opened(key) as slot:
+        entry = slot.load()
+        if entry is None:
+            # Other processes starting cold at the same time wait here for this one's entry.
+            with slot.locked():
+                entry = slot.load()
+                if entry is None:
+                    prepared = _prepare(located, fixes, environment)
+                    if not prepared.refusals:
+                        slot.store(_entry(prepared))
+                    return prepared
+    return Prepared(*entry)
+
+
+def _entry(prepared: Prepared) -> _cache.Entry:
+    return (prepared.source, prepared.outcomes, dict(prepared.original_code),
+            dict(prepared.new_code))  # fmt: skip
 
 
 def _prepare(located: Located, fixes: frozenset[str], environment: Environment) -> Prepared:

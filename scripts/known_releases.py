@@ -127,7 +127,7 @@ def render(sources: dict[str, str]) -> str:
         "ENTRIES: dict[",
         "    tuple[str, str, str],  # file hash, fix names, h2 facts",
         "    tuple[",
-        "        tuple[tuple[str, str, tuple[str, ...]], ...],  # per fix: outcome, message, functions",
+        "        tuple[tuple[str, str, tuple[str, ...]], ...],  # outcome, message, functions",
         "        tuple[tuple[int, int, tuple[str, ...]], ...],  # edits",
         "    ],",
         "] = {",
