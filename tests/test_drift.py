@@ -333,9 +333,9 @@ REFUSED = {
     "mapped-stream-id": (mapped_stream_id, "on the stream the end-of-body"),
     "ends-the-stream-after": (ends_the_stream_after, "the connection only in the send"),
     "connection-wrapper": (connection_wrapper, "H2Connection"),
-    "method-replaced-later": (method_replaced_later, "defined once in class"),
+    "method-replaced-later": (method_replaced_later, "in code that runs"),
     "class-defined-twice": (class_defined_twice, "the class defined once"),
-    "branch-after-return": (branch_after_return, "the branch reachable"),
+    "branch-after-return": (branch_after_return, "in code that runs"),
     "receiver-rebound": (receiver_rebound, "never reassigned"),
     "buffer-deleted-first": (buffer_deleted_first, "only in the steps before the send"),
 }

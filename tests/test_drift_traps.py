@@ -735,9 +735,10 @@ VARIANTS: dict[str, Variant] = {
         steps=steps_on(buffers="send_buffers"),
     ),
     "end-of-body-in-helper": Variant(
-        "3 attributes", end_of_body_in_helper, FIX,
-        "the end-of-body steps moved to one helper of the class: it still names the objects",
-        steps=STANDARD_STEPS,
+        "3 attributes", end_of_body_in_helper, REFUSE,
+        "the end-of-body steps moved to a helper: a reviewer would fix it, but h2fix learns the"
+        " objects only from the end-of-body branch itself and does not follow calls (a needless"
+        " refusal, accepted: the reviewer's verdict was fix)",
     ),
     # 4. steps matched by shape
     "decoy-inbound-drain": Variant(
@@ -756,9 +757,10 @@ VARIANTS: dict[str, Variant] = {
         steps=STANDARD_STEPS,
     ),
     "steps-after-send": Variant(
-        "4 steps", steps_after_send, FIX,
-        "unblock/set/drain come after the send: they do not order the trailers after the DATA",
-        steps=STANDARD_STEPS,
+        "4 steps", steps_after_send, REFUSE,
+        "unblock/set/drain come after the send: they do not order the trailers after the DATA;"
+        " a reviewer would add them before it, h2fix refuses a branch whose steps are out of"
+        " order (a needless refusal, accepted: the reviewer's verdict was fix)",
     ),
     "upstream-fix-drain-via-local": Variant(
         "4 steps", edits((SEND, UNBLOCK_AND_SET + LOCAL_DRAIN + FIXED_SEND)), LEAVE,

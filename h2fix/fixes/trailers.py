@@ -55,6 +55,8 @@ from ._syntax import (
 NAME = "trailers"
 
 _Branch = Union[cst.If, cst.MatchCase]
+# The protocol class both servers' packages import from protocol/h2.py.
+_SERVED = "H2Protocol"
 # Calls that end a stream or the connection; seen after the send, they would undo the fix.
 _ENDING_CALLS = frozenset({"end_stream", "reset_stream", "close_connection"})
 
@@ -332,12 +334,13 @@ class _Proof:
         self.method_is_live(cls, method)
         self.not_overridden(cls, method)
         self.branch_is_reachable(method)
+        self.served_class_uses_it(cls)
         self.no_earlier_branch_takes_trailers()
         objects = self.end_of_body_objects(receiver)
         body = self.branch_body()
         send_index, call = self.one_direct_send(body)
         connection_names = self.sent_on_h2_connection(cls, method, receiver, call)
-        stream_id = self.on_the_drained_stream(call, objects, body, send_index)
+        stream_id = self.on_the_drained_stream(method, call, objects, body, send_index)
         present = self.steps_present(body, send_index, receiver, objects)
         self.nothing_else_touches(body, send_index, present, receiver, objects, connection_names)
         self.nothing_after_ends_the_stream(cls, body, send_index, receiver)
@@ -399,8 +402,7 @@ class _Proof:
 
     def method_is_live(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
         name = identifier(method.name)
-        statements: list[cst.CSTNode] = list(cls.body.body)
-        if name in statement_names(statements[statements.index(method) + 1 :]):
+        if _rebound_later(cls, method):
             raise _Refusal(
                 f"{name} defined once in class {identifier(cls.name)} (a later definition "
                 "or assignment replaces this one, which then never runs)",
@@ -418,21 +420,31 @@ class _Proof:
                 )
 
     def branch_is_reachable(self, method: cst.FunctionDef) -> None:
-        path = [*self.dispatch.ancestors, self.dispatch.statement]
-        start = path.index(method)
-        for parent, child in zip(path[start:], path[start + 1 :]):
-            if not isinstance(parent, cst.IndentedBlock):
-                continue
-            before = list(parent.body[: _position(parent.body, child)])
-            for statement in before:
-                if isinstance(statement, cst.SimpleStatementLine) and any(
-                    isinstance(small, (cst.Return, cst.Raise, cst.Continue, cst.Break))
-                    for small in statement.body
-                ):
-                    raise _Refusal(
-                        "the branch reachable: no return, raise, break or continue before it",
-                        statement,
-                    )
+        jump = _jump_before(self.dispatch, method)
+        if jump is not None:
+            raise _Refusal(
+                "the branch reachable: no return, raise, break or continue before it", jump
+            )
+
+    def served_class_uses_it(self, cls: cst.ClassDef) -> None:
+        """The class the package serves (`H2Protocol`, which hypercorn.protocol and
+        anycorn.protocol import) is this class or a subclass of it."""
+        name = identifier(cls.name)
+        expected = f"{_SERVED} (the class the server imports) to be {name} or a subclass of it"
+        bindings = self.bindings.get(_SERVED, [])
+        if len(bindings) != 1:
+            raise _Refusal(expected, f"{len(bindings)} bindings of {_SERVED} in the module")
+        [binding] = bindings
+        family = {name, *(identifier(sub.name) for sub in self.subclasses(cls))}
+        if isinstance(binding, cst.ClassDef) and identifier(binding.name) in family:
+            return
+        if (
+            isinstance(binding, cst.Assign)
+            and len(binding.targets) == 1
+            and dotted(binding.value) in family
+        ):
+            return
+        raise _Refusal(expected, binding)
 
     def no_earlier_branch_takes_trailers(self) -> None:
         for arm in self.dispatch.arms:
@@ -580,22 +592,32 @@ class _Proof:
         return False
 
     def on_the_drained_stream(
-        self, call: cst.Call, objects: _Objects, body: cst.IndentedBlock, send_index: int
+        self,
+        method: cst.FunctionDef,
+        call: cst.Call,
+        objects: _Objects,
+        body: cst.IndentedBlock,
+        send_index: int,
     ) -> cst.BaseExpression:
+        """The trailers go to the stream the end-of-body branch drains: returns its key,
+        which the inserted statements use (a plain name or attribute: safe to repeat)."""
         by_keyword = [arg for arg in call.args if keyword(arg) == "stream_id"]
         positional = [arg for arg in call.args if arg.keyword is None]
         arg = by_keyword[0] if by_keyword else positional[0] if positional else None
-        if arg is None or not same_expression(self.module, arg.value, objects.key):
+        value = None if arg is None else arg.value
+        if isinstance(value, cst.Name):  # `stream_id = event.stream_id` earlier in the branch
+            value = _local_value(method, body.body[:send_index], identifier(value)) or value
+        if value is None or not same_expression(self.module, value, objects.key):
             raise _Refusal(
                 "the trailers sent on the stream the end-of-body branch unblocks and drains "
                 f"({self.module.code_for_node(objects.key)})",
                 self.module.code_for_node(call),
             )
-        root = (dotted(arg.value) or "").split(".")[0]
+        root = (dotted(objects.key) or "").split(".")[0]
         rebound = set().union(*(bound_names(s) for s in body.body[:send_index]))
         if root in rebound:
             raise _Refusal(f"`{root}` not reassigned in the branch before the send")
-        return arg.value
+        return objects.key
 
     def steps_present(
         self, body: cst.IndentedBlock, send_index: int, receiver: str, objects: _Objects
@@ -797,6 +819,65 @@ class _Proof:
         return False
 
 
+def _local_value(
+    method: cst.FunctionDef, statements: Sequence[cst.BaseStatement], name: str
+) -> cst.BaseExpression | None:
+    """The value of `name` when one of `statements` binds it, and nothing else in the
+    method does, to a plain name or attribute (`stream_id: int = event.stream_id`)."""
+    if bindings_of(method.body).count(name) != 1:
+        return None
+    for statement in statements:
+        if not (isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1):
+            continue
+        small = statement.body[0]
+        if isinstance(small, cst.Assign) and len(small.targets) == 1:
+            target, value = small.targets[0].target, small.value
+        elif isinstance(small, cst.AnnAssign) and small.value is not None:
+            target, value = small.target, small.value
+        else:
+            continue
+        if isinstance(target, cst.Name) and identifier(target) == name and is_pure(value):
+            return value
+    return None
+
+
+def _rebound_later(cls: cst.ClassDef, method: cst.FunctionDef) -> bool:
+    """A later statement of the class body binds the method's name: this definition is dead."""
+    statements: list[cst.CSTNode] = list(cls.body.body)
+    position = _position(statements, method)
+    return identifier(method.name) in statement_names(statements[position + 1 :])
+
+
+def _jump_before(dispatch: _Dispatch, method: cst.FunctionDef) -> cst.CSTNode | None:
+    """A return/raise/break/continue that runs before the dispatch in `method`, if any."""
+    path = [*dispatch.ancestors, dispatch.statement]
+    start = _position(path, method)
+    for parent, child in zip(path[start:], path[start + 1 :]):
+        if not isinstance(parent, cst.IndentedBlock):
+            continue
+        for statement in parent.body[: _position(parent.body, child)]:
+            if isinstance(statement, cst.SimpleStatementLine) and any(
+                isinstance(small, (cst.Return, cst.Raise, cst.Continue, cst.Break))
+                for small in statement.body
+            ):
+                return statement
+    return None
+
+
+def _provably_dead(dispatch: _Dispatch) -> bool:
+    """The dispatch is in a method a later definition replaces, or after a jump: never runs."""
+    ancestors = dispatch.ancestors
+    for index, node in enumerate(ancestors):
+        if not isinstance(node, cst.FunctionDef):
+            continue
+        owner = ancestors[index - 2] if index >= 2 else None
+        if isinstance(owner, cst.ClassDef) and _rebound_later(owner, node):
+            return True
+        if _jump_before(dispatch, node) is not None:
+            return True
+    return False
+
+
 def _position(nodes: Sequence[cst.CSTNode], node: cst.CSTNode) -> int:
     """Where `node` (this very object) is in `nodes`; len(nodes) when it is not there."""
     return next((i for i, candidate in enumerate(nodes) if candidate is node), len(nodes))
@@ -916,7 +997,18 @@ class _Replace(cst.CSTTransformer):
 def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
     finder = _Finder()
     tree.visit(finder)
-    arms = [(d, arm) for d in finder.dispatches for arm in d.arms if arm.mentions_trailers]
+    every = [(d, arm) for d in finder.dispatches for arm in d.arms if arm.mentions_trailers]
+    # Code that never runs is neither the candidate nor a decoy.
+    arms = [(d, arm) for d, arm in every if not _provably_dead(d)]
+    if every and not arms:
+        dispatch, arm = every[0]
+        _refuse(
+            tree,
+            dispatch,
+            arm,
+            "an isinstance(<event>, Trailers) branch in code that runs (this one never does: "
+            "a later definition replaces its method, or a return or raise comes first)",
+        )
     if not arms:
         if any(_is_class_reference(node, "Trailers") for node in walk(tree)):
             raise UnrecognisedStructureError(
