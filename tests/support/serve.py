@@ -21,6 +21,7 @@ from typing import Any, Callable
 import anyio
 
 import h2fix
+from h2fix.fixes import FIXES
 
 from .grpc_app import Message, Scope, app
 
@@ -93,6 +94,9 @@ def main() -> None:
     parser.add_argument("--worker-class", default="asyncio", choices=["asyncio", "trio"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fix", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--without", action="append", default=[], help="a fix to leave out (for controls)"
+    )
     parser.add_argument("--inspect", action="store_true")
     parser.add_argument("--toggle", type=int, default=0)
     parser.add_argument("--toggle-threads", type=int, default=1)
@@ -103,7 +107,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.fix:
-        print(h2fix.apply(args.target), file=sys.stderr, flush=True)
+        fixes = [fix.name for fix in FIXES if fix.name not in args.without]
+        print(h2fix.apply(args.target, fixes=fixes), file=sys.stderr, flush=True)
     if args.inspect:
         track_protocols(args.target)
     if args.toggle:
