@@ -18,7 +18,8 @@ import pytest
 
 from h2fix._probe import H2Client, Response
 from support.isolated import copy_package
-from support.servers import serving
+from support.releases import unpacked
+from support.servers import WITH_FIX, serving
 
 pytestmark = pytest.mark.server
 
@@ -189,9 +190,15 @@ def test_grpc_client_stream_refused_early_spares_the_other_calls(
     assert len(refusals) == CALLS
 
 
-def test_server_stays_up_on_anycorn(tmp_path: Path) -> None:
-    client = None
-    with serving(tmp_path, "anycorn") as port:
+@pytest.mark.parametrize(
+    "server",
+    ["anycorn-0.18.7", pytest.param("hypercorn-0.18.0", marks=pytest.mark.network)],
+)
+def test_other_releases_survive_and_acknowledge(tmp_path: Path, server: str) -> None:
+    """The installed anycorn and Hypercorn 0.18.0 (from its wheel, first on the path)."""
+    target, version = server.split("-")
+    first = unpacked(target, version) if version == "0.18.0" else None
+    with serving(tmp_path, target, first_on_path=first) as port:
         client = H2Client(port, window=WINDOW)
         try:
             innocent = open_stream(client, "/hello")
@@ -201,7 +208,10 @@ def test_server_stays_up_on_anycorn(tmp_path: Path) -> None:
             [response] = client.wait(innocent)
         finally:
             client.close()
+        log = next(tmp_path.glob("server-*.log")).read_text()
     assert response.body == b"hello"
+    if WITH_FIX:  # h2fix's report names the release it repaired: the one meant
+        assert f"{target} {version}" in log
 
 
 # --- controls: the tests above can fail ----------------------------------------------
