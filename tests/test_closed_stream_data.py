@@ -7,6 +7,8 @@ KeyError on that DATA and drops the connection: these tests fail.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -265,3 +267,16 @@ def test_skipping_without_acknowledging_stalls_the_connection(tmp_path: Path) ->
                 send_body(client, upload, b"u" * UPLOAD, time.monotonic() + 3)
         finally:
             client.close()
+
+
+def test_verify_shows_the_late_data_row() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "h2fix", "verify"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("late request DATA")]
+    assert row.split()[-2:] == ["NO", "yes"]
