@@ -33,7 +33,7 @@ WORKERS = ["asyncio", "trio"]
 CALLS = 20
 
 
-def open_stream(client: H2Client, path: str, grpc_headers: bool = False) -> int:
+def open_stream(client: H2Client, path: str) -> int:
     """HEADERS without END_STREAM: the request body is still to come."""
     stream_id: int = client.conn.get_next_available_stream_id()
     headers = [
@@ -42,8 +42,6 @@ def open_stream(client: H2Client, path: str, grpc_headers: bool = False) -> int:
         (b":authority", b"127.0.0.1"),
         (b":path", path.encode()),
     ]
-    if grpc_headers:
-        headers += [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
     client.conn.send_headers(stream_id, headers)
     client.send()
     client.responses[stream_id] = Response()
@@ -69,9 +67,9 @@ def send_body(client: H2Client, stream_id: int, data: bytes, deadline: float) ->
     client.send()
 
 
-def answered_early(client: H2Client, path: str = "/early") -> int:
-    """A stream the server has answered in full while its request body is still open."""
-    stream_id = open_stream(client, path, grpc_headers=path.startswith("/test."))
+def answered_early(client: H2Client) -> int:
+    """A stream the server has answered in full (413) while its request body is still open."""
+    stream_id = open_stream(client, "/early")
     [response] = client.wait(stream_id)
     assert "end" in response.events, response
     return stream_id

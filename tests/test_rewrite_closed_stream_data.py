@@ -308,6 +308,11 @@ REFUSED = {
         module(_data(HANDLE + ACK)) + "\n\nclass H2Protocol:\n    pass\n",
         "one definition of class H2Protocol",
     ),
+    "overridden-in-a-subclass": (
+        module(_data(HANDLE + ACK))
+        + "\n\nclass Sub(H2Protocol):\n    async def _handle_events(self, events):\n        pass\n",
+        "_handle_events defined in one class of the module",
+    ),
     "static-method": (
         module(_data(HANDLE + ACK)).replace(
             "    async def _handle_events", "    @staticmethod\n    async def _handle_events"

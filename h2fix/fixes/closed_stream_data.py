@@ -195,6 +195,19 @@ class _Transformer(ScopeTracker):
             self._refuse(f"one definition of {method.name.value} in its class", branch)
         if _definitions(self.module.body, cls.name.value) != [cls]:
             self._refuse(f"one definition of class {cls.name.value} in the module", branch)
+        # Another class with a method of that name may be a subclass that overrides it:
+        # then the server could run that one, and this branch would be dead.
+        owners = [
+            other.name.value
+            for other in self.module.body
+            if isinstance(other, cst.ClassDef) and _definitions(other.body.body, method.name.value)
+        ]
+        if owners != [cls.name.value]:
+            self._refuse(
+                f"{method.name.value} defined in one class of the module",
+                branch,
+                found=f"defined in {', '.join(owners)}",
+            )
         receiver = self_name(method)
         if receiver is None or _is_static(method):
             self._refuse("a method with a `self` parameter", branch)
