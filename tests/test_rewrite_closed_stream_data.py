@@ -154,6 +154,16 @@ REWRITES = {
         module(DATA_0_17, init="self.connection = H2Connection()\nself.streams = dict()\n"),
         module(DATA_FIXED, init="self.connection = H2Connection()\nself.streams = dict()\n"),
     ),
+    "attributes-assigned-in-the-method": (
+        module(
+            "elif isinstance(event, h2.events.DataReceived):\n    self.seen = 1\n"
+            + DATA_0_17.split("\n", 1)[1]
+        ),
+        module(
+            "elif isinstance(event, h2.events.DataReceived):\n    self.seen = 1\n"
+            + DATA_FIXED.split("\n", 1)[1]
+        ),
+    ),
     "streams-cleared-elsewhere": (
         module(DATA_0_17, after="def reset(self):\n    self.streams = {}\n"),
         module(DATA_FIXED, after="def reset(self):\n    self.streams = {}\n"),
@@ -312,6 +322,10 @@ REFUSED = {
         module(_data(HANDLE + ACK))
         + "\n\nclass Sub(H2Protocol):\n    async def _handle_events(self, events):\n        pass\n",
         "_handle_events defined in one class of the module",
+    ),
+    "self-rebound": (
+        module(_data("(self, other) = pair\n" + HANDLE + ACK)),
+        "`self` never rebound in _handle_events",
     ),
     "static-method": (
         module(_data(HANDLE + ACK)).replace(

@@ -211,6 +211,8 @@ class _Transformer(ScopeTracker):
         receiver = self_name(method)
         if receiver is None or _is_static(method):
             self._refuse("a method with a `self` parameter", branch)
+        if _rebinds(method.body, receiver):
+            self._refuse(f"`{receiver}` never rebound in {method.name.value}", branch)
         return method, receiver
 
     def _check_dict(self, attr: str, cls: cst.ClassDef, branch: cst.If) -> None:
@@ -453,6 +455,29 @@ def _looks_up(statement: cst.BaseStatement, lookup: cst.Subscript) -> bool:
         and isinstance(value.func, cst.Attribute)
         and value.func.value is lookup
     )
+
+
+def _rebinds(node: cst.CSTNode, name: str) -> bool:
+    """Whether `name` is assigned anywhere under `node` (then it may not be the instance)."""
+    target: cst.CSTNode | None = None
+    if isinstance(node, (cst.AssignTarget, cst.AnnAssign, cst.AugAssign, cst.For, cst.NamedExpr)):
+        target = node.target
+    elif isinstance(node, cst.AsName):
+        target = node.name
+    if target is not None and name in _bound_names(target):
+        return True
+    return any(_rebinds(child, name) for child in node.children)
+
+
+def _bound_names(target: cst.CSTNode) -> list[str]:
+    """Names a target binds: `a`, `(a, *b)`; not `a.x` or `a[i]`, which bind no name."""
+    if isinstance(target, cst.Name):
+        return [target.value]
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return [n for element in target.elements for n in _bound_names(element.value)]
+    if isinstance(target, cst.StarredElement):
+        return _bound_names(target.value)
+    return []
 
 
 def _leaves_early(node: cst.CSTNode) -> bool:
