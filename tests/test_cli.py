@@ -37,7 +37,7 @@ def test_diff_of_the_installed_release(capsys: pytest.CaptureFixture[str]) -> No
 def test_diff_of_every_fix(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["diff"]) == 0
     out = capsys.readouterr().out
-    assert out.count("@@ -") == 3  # initiate, stream_send, _create_server_push
+    assert out.count("@@ -") == 4  # initiate, stream_send, _handle_events, _create_server_push
     assert "+            event = h2.events.RequestReceived(stream_id=1, headers=headers)\n" in out
 
 
@@ -61,8 +61,8 @@ def test_diff_is_what_apply_compiles(capsys: pytest.CaptureFixture[str]) -> None
 def test_diff_of_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     buggy = tmp_path / "h2_0171.py"
     buggy.write_text(h2_source("hypercorn", "0.17.1"))
-    fixed = tmp_path / "h2_0180.py"
-    fixed.write_text(h2_source("hypercorn", "0.18.0"))
+    fixed = tmp_path / "h2_anycorn_0201.py"
+    fixed.write_text(h2_source("anycorn", "0.20.1"))
     assert main(["diff", str(buggy), str(fixed)]) == 0
     out = capsys.readouterr().out
     assert out.count("--- a/") == 1  # the fixed file prints nothing
@@ -93,9 +93,10 @@ def test_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("hypercorn/protocol/h2.py: trailers: would be applied (")
     assert err[1].startswith("hypercorn/protocol/h2.py: request_received: would be applied (")
-    assert len(err) == 2
+    assert err[2].startswith("hypercorn/protocol/h2.py: closed_stream_data: would be applied (")
+    assert len(err) == 3
     fixed = tmp_path / "h2.py"
-    fixed.write_text(h2_source("hypercorn", "0.18.0"))
+    fixed.write_text(h2_source("anycorn", "0.20.1"))  # every fix upstream
     assert main(["check", str(fixed)]) == 0
     assert "trailers: already fixed upstream" in capsys.readouterr().err
     old = tmp_path / "h2_016.py"
@@ -146,8 +147,9 @@ def test_status(capsys: pytest.CaptureFixture[str]) -> None:
     assert out[0].split() == ["target:", "hypercorn", "0.17.3"]
     assert out[2].split()[:2] == ["h2:", out[2].split()[1]]
     assert out[2].split()[1].startswith("4.")
-    assert out[3].startswith("trailers:         would be applied (H2Protocol.stream_send")
-    assert out[4].startswith("request_received: would be applied (H2Protocol.initiate")
+    assert out[3].startswith("trailers:           would be applied (H2Protocol.stream_send")
+    assert out[4].startswith("request_received:   would be applied (H2Protocol.initiate")
+    assert out[5].startswith("closed_stream_data: would be applied (H2Protocol._handle_events")
 
 
 def test_status_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,6 +165,7 @@ def test_status_json(capsys: pytest.CaptureFixture[str]) -> None:
             "would be applied",
             ["H2Protocol.initiate", "H2Protocol._create_server_push"],
         ),
+        ("closed_stream_data", "would be applied", ["H2Protocol._handle_events"]),
     ]
 
 
@@ -172,19 +175,22 @@ def test_list_fixes(capsys: pytest.CaptureFixture[str]) -> None:
     lines = out.splitlines()
     assert lines[0].split(None, 1) == ["trailers", lines[0].split(None, 1)[1]]
     assert "send response trailers after the buffered DATA" in lines[0]
-    assert lines[2].startswith("request_received  build h2's RequestReceived events")
+    assert lines[2].startswith("request_received    build h2's RequestReceived events")
     assert "upstream: https://" in out
 
 
-def test_on_hypercorn_018_nothing_to_do() -> None:
+def test_on_hypercorn_018_only_closed_stream_data_to_do() -> None:
     path = unpacked("hypercorn", "0.18.0")
     check = h2fix_cli("check", path=path)
-    assert check.returncode == 0, check.stderr
+    assert check.returncode == 1, check.stderr
     assert "0.18.0" not in check.stderr  # one line per fix, nothing else
     assert "trailers: already fixed upstream" in check.stderr
     assert "request_received: already fixed upstream" in check.stderr
+    assert "closed_stream_data: would be applied" in check.stderr
     diff = h2fix_cli("diff", path=path)
-    assert (diff.returncode, diff.stdout) == (0, "")
+    assert diff.returncode == 0
+    assert diff.stdout.count("@@ -") == 1
+    assert "+                if event.stream_id in self.streams:\n" in diff.stdout
     status = h2fix_cli("status", "--json", path=path)
     assert json.loads(status.stdout)["version"] == "0.18.0"
 

@@ -41,6 +41,7 @@ def test_status_changes_nothing() -> None:
     assert [(f.fix, f.outcome) for f in report.fixes] == [
         ("trailers", Outcome.PENDING),
         ("request_received", Outcome.PENDING),
+        ("closed_stream_data", Outcome.PENDING),
     ]
     assert report.pending
     assert (report.target, report.version) == ("hypercorn", "0.17.3")
@@ -105,9 +106,9 @@ def test_apply_twice_is_a_no_op() -> None:
     first = stream_send()
     report = h2fix.apply()
     assert not report.changed
-    assert [f.outcome for f in report.fixes] == [Outcome.ALREADY_APPLIED] * 2
+    assert [f.outcome for f in report.fixes] == [Outcome.ALREADY_APPLIED] * 3
     assert stream_send() is first
-    assert [f.outcome for f in h2fix.status().fixes] == [Outcome.ALREADY_APPLIED] * 2
+    assert [f.outcome for f in h2fix.status().fixes] == [Outcome.ALREADY_APPLIED] * 3
 
 
 def test_revert_restores_the_exact_original() -> None:
@@ -173,6 +174,7 @@ def test_seed_names() -> None:
     assert [(f.fix, f.outcome) for f in full.fixes] == [
         ("trailers", Outcome.ALREADY_APPLIED),
         ("request_received", Outcome.APPLIED),
+        ("closed_stream_data", Outcome.APPLIED),
     ]
     assert H2Protocol.__dict__["initiate"] is not initiate
     assert stream_send() is not trailers_only  # recompiled from the one rewritten source
@@ -311,7 +313,7 @@ def test_bytecode_only_install_is_refused(tmp_path: Path) -> None:
     assert "only bytecode is installed" in result.stdout, result.stderr
 
 
-def test_apply_on_hypercorn_018_changes_nothing() -> None:
+def test_apply_on_hypercorn_018_changes_only_closed_stream_data() -> None:
     result = run_python(
         """
         import h2fix, hypercorn.protocol.h2 as module
@@ -322,7 +324,7 @@ def test_apply_on_hypercorn_018_changes_nothing() -> None:
         """,
         unpacked("hypercorn", "0.18.0"),
     )
-    expected = "0.18.0 ['already fixed upstream', 'already fixed upstream'] False"
+    expected = "0.18.0 ['already fixed upstream', 'already fixed upstream', 'applied'] True"
     assert result.stdout.strip() == expected, result.stderr
 
 

@@ -38,7 +38,7 @@ def test_writes_the_whole_package_with_header_and_diff(tmp_path: Path) -> None:
     text = h2.read_text()
     assert text.startswith(
         f"# Patched by h2fix {h2fix.__version__} from hypercorn 0.17.3 with fixes: "
-        "trailers, request_received.\n"
+        "trailers, request_received, closed_stream_data.\n"
     )
     assert "send_headers(event.stream_id, event.headers, end_stream=True)" in text
     diff = (tmp_path / "hypercorn" / "protocol" / "h2.py.diff").read_text()
@@ -75,7 +75,10 @@ def test_refuses_site_packages() -> None:
 
 
 def test_nothing_to_fix_on_a_fixed_release(tmp_path: Path) -> None:
-    result = vendor("--out", str(tmp_path), pythonpath=unpacked("hypercorn", "0.18.0"))
-    assert result.returncode == 2
-    assert "hypercorn 0.18.0: nothing to fix" in result.stderr
-    assert not (tmp_path / "hypercorn").exists()
+    # anycorn 0.20.1 has every fix upstream (hypercorn 0.18.0 still lacks closed_stream_data).
+    result = vendor(
+        "--target", "anycorn", "--out", str(tmp_path), pythonpath=unpacked("anycorn", "0.20.1")
+    )
+    assert result.returncode == 2, result.stderr
+    assert "anycorn 0.20.1: nothing to fix" in result.stderr
+    assert not (tmp_path / "anycorn").exists()
