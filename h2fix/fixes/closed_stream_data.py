@@ -586,7 +586,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
     return new_tree, FixOutcome(
         NAME,
         Outcome.REWRITTEN,
-        f"{dispatch.where} now skips {', '.join(changed)} for a stream it finished "
-        "(DATA still acknowledged)",
+        f"{dispatch.where} now skips {', '.join(changed)} for a stream it already "
+        "finished, still acknowledging the DATA",
         functions=(dispatch.where,),
     )
