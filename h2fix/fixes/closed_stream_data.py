@@ -76,6 +76,14 @@ class _Transformer(ScopeTracker):
         super().__init__()
         self.module = module
         self.branches: list[_Branch] = []
+        # Walking a class's methods is the costly part: once per class.
+        self._assignments: dict[int, dict[str, list[cst.BaseExpression]]] = {}
+        self._rebound: dict[int, bool] = {}
+
+    def _assigned(self, cls: cst.ClassDef) -> dict[str, list[cst.BaseExpression]]:
+        if id(cls) not in self._assignments:
+            self._assignments[id(cls)] = _self_assignments(cls)
+        return self._assignments[id(cls)]
 
     def leave_If(self, original_node: cst.If, updated_node: cst.If) -> cst.If:
         event = self._event_class(original_node.test)
@@ -211,14 +219,16 @@ class _Transformer(ScopeTracker):
         receiver = self_name(method)
         if receiver is None or _is_static(method):
             self._refuse("a method with a `self` parameter", branch)
-        if _rebinds(method.body, receiver):
+        if id(method) not in self._rebound:
+            self._rebound[id(method)] = _rebinds(method.body, receiver)
+        if self._rebound[id(method)]:
             self._refuse(f"`{receiver}` never rebound in {method.name.value}", branch)
         return method, receiver
 
     def _check_dict(self, attr: str, cls: cst.ClassDef, branch: cst.If) -> None:
         """`self.<attr>` is a dict: every assignment to it in the class is `{}` or `dict()`,
         so `key in` it is True exactly when looking the key up does not raise."""
-        values = _assigned_values(cls, attr)
+        values = self._assigned(cls).get(attr, [])
         if not values or not all(_is_empty_dict(v) for v in values):
             found = ", ".join(self.module.code_for_node(v) for v in values) or "no assignment"
             self._refuse(
@@ -257,7 +267,7 @@ class _Transformer(ScopeTracker):
                 and connection.value.value == receiver
             ):
                 break
-            values = _assigned_values(cls, connection.attr.value)
+            values = self._assigned(cls).get(connection.attr.value, [])
             if len(values) != 1 or not _is_h2_connection(values[0]):
                 self._refuse(
                     f"`self.{connection.attr.value}` assigned once, an h2 H2Connection",
@@ -506,31 +516,33 @@ def _argument(call: cst.Call, position: int, keyword: str) -> cst.BaseExpression
     return positional[position].value if len(positional) > position else None
 
 
-def _assigned_values(cls: cst.ClassDef, attr: str) -> list[cst.BaseExpression]:
-    """The values assigned to `self.<attr>` anywhere in the class's methods."""
-    values: list[cst.BaseExpression] = []
+def _self_assignments(cls: cst.ClassDef) -> dict[str, list[cst.BaseExpression]]:
+    """attr -> the values assigned to `self.<attr>` anywhere in the class's methods."""
+    found: dict[str, list[cst.BaseExpression]] = {}
     for method in cls.body.body:
         if not isinstance(method, cst.FunctionDef):
             continue
         receiver = self_name(method)
         if receiver is None:
             continue
-        values.extend(_assignments(method.body, receiver, attr))
-    return values
+        for attr, value in _assignments(method.body, receiver):
+            found.setdefault(attr, []).append(value)
+    return found
 
 
-def _assignments(node: cst.CSTNode, receiver: str, attr: str) -> Iterator[cst.BaseExpression]:
+def _assignments(node: cst.CSTNode, receiver: str) -> Iterator[tuple[str, cst.BaseExpression]]:
     if isinstance(node, cst.Assign):
-        if any(_self_attr(t.target, receiver) == attr for t in node.targets):
-            yield node.value
-    elif (
-        isinstance(node, (cst.AnnAssign, cst.AugAssign))
-        and _self_attr(node.target, receiver) == attr
-    ):
-        # An annotation alone binds nothing; `+=` and friends make no fresh dict.
-        yield node.value if node.value is not None else cst.Name("...")
+        for target in node.targets:
+            attr = _self_attr(target.target, receiver)
+            if attr is not None:
+                yield attr, node.value
+    elif isinstance(node, (cst.AnnAssign, cst.AugAssign)):
+        attr = _self_attr(node.target, receiver)
+        if attr is not None:
+            # An annotation alone binds nothing; `+=` and friends make no fresh dict.
+            yield attr, node.value if node.value is not None else cst.Name("...")
     for child in node.children:
-        yield from _assignments(child, receiver, attr)
+        yield from _assignments(child, receiver)
 
 
 def _is_empty_dict(value: cst.BaseExpression) -> bool:
