@@ -36,6 +36,11 @@ async def app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[
     if scope["type"] == "lifespan":
         await lifespan(receive, send)
         return
+    if scope["path"] == "/early":
+        # Answered before the body is read, as a size limit or an auth check would.
+        await send({"type": "http.response.start", "status": 413, "headers": []})
+        await send({"type": "http.response.body", "body": b"too large"})
+        return
     while (await receive()).get("more_body"):
         pass
     start = {"type": "http.response.start", "status": 200, "trailers": True}
@@ -238,6 +243,7 @@ CHECKS = (
     "END_STREAM on the trailers",
     "no DATA after the trailers",
     "HPACK in sync (2nd request)",
+    "late request DATA survived",
 )
 
 
@@ -257,7 +263,28 @@ def probe(port: int) -> dict[str, bool | None]:
         pass
     finally:
         client.close()
+    results[CHECKS[4]] = survives_late_data(port)
     return results
+
+
+def survives_late_data(port: int) -> bool:
+    """On a new connection: the client sends body DATA for a request the server has
+    already answered (RFC 9113 allows it); a request after it must still complete."""
+    client = H2Client(port, timeout=5)
+    try:
+        stream_id: int = client.conn.get_next_available_stream_id()
+        headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"127.0.0.1")]
+        client.conn.send_headers(stream_id, [*headers, (b":path", b"/early")])
+        client.send()
+        client.responses[stream_id] = Response()
+        client.wait(stream_id)
+        client.conn.send_data(stream_id, b"x" * 1000, end_stream=True)
+        client.send()
+        return "end" in client.call("/probe", b"").events
+    except Exception:
+        return False
+    finally:
+        client.close()
 
 
 def verify(target: str, out: TextIO) -> int:

@@ -98,7 +98,8 @@ def test_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert err[0].startswith("hypercorn/protocol/h2.py: trailers: would be applied (")
     assert err[1].startswith("hypercorn/protocol/h2.py: request_received: would be applied (")
     assert err[2].startswith("hypercorn/protocol/h2.py: send_state: would be applied (")
-    assert len(err) == 3
+    assert err[3].startswith("hypercorn/protocol/h2.py: closed_stream_data: would be applied (")
+    assert len(err) == 4
     fixed = tmp_path / "h2.py"
     fixed.write_text(h2_source("hypercorn", "0.18.0"))
     assert main(["check", *TWO_FIXES, str(fixed)]) == 0
@@ -151,8 +152,9 @@ def test_status(capsys: pytest.CaptureFixture[str]) -> None:
     assert out[0].split() == ["target:", "hypercorn", "0.17.3"]
     assert out[2].split()[:2] == ["h2:", out[2].split()[1]]
     assert out[2].split()[1].startswith("4.")
-    assert out[3].startswith("trailers:         would be applied (H2Protocol.stream_send")
-    assert out[4].startswith("request_received: would be applied (H2Protocol.initiate")
+    assert out[3].startswith("trailers:           would be applied (H2Protocol.stream_send")
+    assert out[4].startswith("request_received:   would be applied (H2Protocol.initiate")
+    assert out[5].startswith("closed_stream_data: would be applied (H2Protocol._handle_events")
 
 
 def test_status_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,6 +175,7 @@ def test_status_json(capsys: pytest.CaptureFixture[str]) -> None:
             "would be applied",
             ["H2Protocol._send_data", "H2Protocol.stream_send", "H2Protocol._handle_events"],
         ),
+        ("closed_stream_data", "would be applied", ["H2Protocol._handle_events"]),
     ]
 
 
@@ -182,7 +185,7 @@ def test_list_fixes(capsys: pytest.CaptureFixture[str]) -> None:
     lines = out.splitlines()
     assert lines[0].split(None, 1) == ["trailers", lines[0].split(None, 1)[1]]
     assert "send response trailers after the buffered DATA" in lines[0]
-    assert lines[2].startswith("request_received  build h2's RequestReceived events")
+    assert lines[2].startswith("request_received    build h2's RequestReceived events")
     assert "upstream: https://" in out
 
 

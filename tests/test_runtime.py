@@ -42,6 +42,7 @@ def test_status_changes_nothing() -> None:
         ("trailers", Outcome.PENDING),
         ("request_received", Outcome.PENDING),
         ("send_state", Outcome.PENDING),
+        ("closed_stream_data", Outcome.PENDING),
     ]
     assert report.pending
     assert (report.target, report.version) == ("hypercorn", "0.17.3")
@@ -175,6 +176,7 @@ def test_seed_names() -> None:
         ("trailers", Outcome.ALREADY_APPLIED),
         ("request_received", Outcome.APPLIED),
         ("send_state", Outcome.APPLIED),
+        ("closed_stream_data", Outcome.APPLIED),
     ]
     assert H2Protocol.__dict__["initiate"] is not initiate
     assert stream_send() is not trailers_only  # recompiled from the one rewritten source
@@ -313,7 +315,7 @@ def test_bytecode_only_install_is_refused(tmp_path: Path) -> None:
     assert "only bytecode is installed" in result.stdout, result.stderr
 
 
-def test_apply_on_hypercorn_018_changes_nothing() -> None:
+def test_apply_on_hypercorn_018_changes_only_closed_stream_data() -> None:
     result = run_python(
         """
         import h2fix, hypercorn.protocol.h2 as module
@@ -325,7 +327,7 @@ def test_apply_on_hypercorn_018_changes_nothing() -> None:
         """,
         unpacked("hypercorn", "0.18.0"),
     )
-    expected = "0.18.0 ['already fixed upstream', 'already fixed upstream'] False"
+    expected = "0.18.0 ['already fixed upstream', 'already fixed upstream', 'applied'] True"
     assert result.stdout.strip() == expected, result.stderr
 
 

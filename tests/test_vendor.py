@@ -94,14 +94,14 @@ def test_writes_the_whole_package_with_header_diff_and_marker(tmp_path: Path) ->
     text = h2.read_text()
     assert text.startswith(
         f"# Patched by h2fix {h2fix.__version__} from hypercorn 0.17.3 with fixes: "
-        "trailers, request_received, send_state.\n"
+        "trailers, request_received, send_state, closed_stream_data.\n"
     )
     assert "send_headers(event.stream_id, event.headers, end_stream=True)" in text
     diff = (tmp_path / "hypercorn" / "protocol" / "h2.py.diff").read_text()
     assert diff.startswith("--- a/hypercorn/protocol/h2.py\n+++ b/hypercorn/protocol/h2.py\n")
     assert (tmp_path / "hypercorn" / MARKER).read_text() == (
         f"h2fix {h2fix.__version__}\nhypercorn 0.17.3\n"
-        "fixes: trailers, request_received, send_state\n"
+        "fixes: trailers, request_received, send_state, closed_stream_data\n"
     )
     # Everything else is byte for byte the installed package, and nothing else is there.
     assert filecmp.cmp(INSTALLED / "config.py", tmp_path / "hypercorn" / "config.py", shallow=False)

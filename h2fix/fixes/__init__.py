@@ -64,6 +64,15 @@ FIXES: tuple[Fix, ...] = (
         upstream="https://github.com/pgjones/hypercorn/issues",
         module="h2fix.fixes.send_state",
     ),
+    Fix(
+        name="closed_stream_data",
+        description=(
+            "skip the client's DATA and END_STREAM for a stream the server already "
+            "finished, still acknowledging the DATA (a KeyError killed the connection)"
+        ),
+        upstream="https://github.com/pgjones/hypercorn/issues/329",
+        module="h2fix.fixes.closed_stream_data",
+    ),
 )
 
 

@@ -11,8 +11,10 @@ and the payload. Methods (all take one message):
     /test.Test/Metadata  unary: echoes, with custom trailing metadata (and the worker's pid)
     /test.Test/Slow      unary: answers after float(request) seconds, or not at all when the
                          client gives up first (a deadline or a cancel resets the stream)
+    /test.Test/Early     client stream: PERMISSION_DENIED after the first chunk of the body
 
-and two plain HTTP paths: /hello (b"hello") and /push (pushes /hello, then b"pushed").
+and plain HTTP paths: /hello (b"hello" once the body is read), /push (pushes /hello,
+then b"pushed") and /early (413 at once, before reading the body).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 NOT_FOUND = 5
+PERMISSION_DENIED = 7
 
 
 def frame(payload: bytes) -> bytes:
@@ -66,6 +69,9 @@ async def app(scope: Scope, receive: Callable[[], Any], send: Callable[[Message]
         return
     if scope["path"] in ("/hello", "/push"):
         await _plain(scope, receive, send)
+        return
+    if scope["path"] in ("/early", "/test.Test/Early"):
+        await _early(scope, receive, send)
         return
     body = b""
     while True:
@@ -107,3 +113,17 @@ async def _plain(scope: Scope, receive: Callable[[], Any], send: Callable[[Messa
     await send({**start, "headers": [(b"content-type", b"text/plain")]})
     body = b"hello" if scope["path"] == "/hello" else b"pushed"
     await send({"type": "http.response.body", "body": body})
+
+
+async def _early(scope: Scope, receive: Callable[[], Any], send: Callable[[Message], Any]) -> None:
+    """Answer before the whole request is read: the client may still be sending its body."""
+    if scope["path"] == "/early":
+        await send({"type": "http.response.start", "status": 413, "headers": []})
+        await send({"type": "http.response.body", "body": b"too large"})
+        return
+    await receive()  # the first chunk: enough to judge the call by, in this story
+    start = {"type": "http.response.start", "status": 200, "trailers": True}
+    await send({**start, "headers": [(b"content-type", b"application/grpc")]})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    trailers = [(b"grpc-status", b"%d" % PERMISSION_DENIED), (b"grpc-message", b"denied early")]
+    await send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})

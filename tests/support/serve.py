@@ -21,6 +21,7 @@ from typing import Any, Callable
 import anyio
 
 import h2fix
+from h2fix.fixes import FIXES
 
 from .grpc_app import Message, Scope, app
 
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument(
         "--only-fix", action="append", help="apply only this fix (repeatable); all by default"
     )
+    parser.add_argument(
+        "--without", action="append", default=[], help="a fix to leave out (for controls)"
+    )
     parser.add_argument("--inspect", action="store_true")
     parser.add_argument("--toggle", type=int, default=0)
     parser.add_argument("--toggle-threads", type=int, default=1)
@@ -106,7 +110,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.fix:
-        print(h2fix.apply(args.target, fixes=args.only_fix), file=sys.stderr, flush=True)
+        fixes = args.only_fix or [fix.name for fix in FIXES if fix.name not in args.without]
+        print(h2fix.apply(args.target, fixes=fixes), file=sys.stderr, flush=True)
     if args.inspect:
         track_protocols(args.target)
     if args.toggle:
