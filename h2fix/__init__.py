@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from ._environment import Environment
 from ._errors import (
+    ArgumentTypeError,
+    DependencyMissingError,
+    FixFailedError,
     FunctionReplacedError,
     H2FixError,
+    InvalidSourceError,
+    NoFixSelectedError,
     NotAProtocolError,
     SourceChangedError,
     SourceUnavailableError,
@@ -35,10 +40,15 @@ from ._runtime import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentTypeError",
+    "DependencyMissingError",
     "Environment",
+    "FixFailedError",
     "FixOutcome",
     "FunctionReplacedError",
     "H2FixError",
+    "InvalidSourceError",
+    "NoFixSelectedError",
     "NotAProtocolError",
     "Outcome",
     "Report",

@@ -18,10 +18,10 @@ from typing import Any
 
 from . import fixes as _fixes
 from ._environment import Environment
-from ._errors import FunctionReplacedError, H2FixError, SourceChangedError, TargetNotFoundError
+from ._errors import FunctionReplacedError, H2FixError, SourceChangedError
 from ._prepare import Prepared, patched_filename, prepare
 from ._results import FixOutcome, Outcome, Report
-from ._targets import Located, locate
+from ._targets import Located, get_target, import_failure, locate
 
 logger = logging.getLogger("h2fix")
 
@@ -106,6 +106,7 @@ def apply(
 
 def revert(target: str = "hypercorn") -> None:
     """Put back the exact function objects apply() replaced. A no-op if none were."""
+    get_target(target)  # a misspelt name must not pass for "nothing to revert"
     with _lock:
         state = _applied.get(target)
         if state is None:
@@ -162,7 +163,7 @@ def _import(located: Located) -> types.ModuleType:
     try:
         return importlib.import_module(located.target.module)
     except ImportError as error:
-        raise TargetNotFoundError(located.target.name, located.target.module, str(error)) from error
+        raise import_failure(located.target, error) from error
 
 
 def _report(located: Located, outcomes: Iterable[FixOutcome]) -> Report:
