@@ -174,11 +174,12 @@ def test_undecodable_file_is_refused(tmp_path: Path) -> None:
     assert "cannot be decoded" in assert_one_line_error(h2fix_command("check", path))
 
 
-def test_not_a_protocol_is_refused_not_passed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", [[], ["--fix", "trailers"]], ids=["all-fixes", "one-fix"])
+def test_not_a_protocol_is_refused_not_passed(tmp_path: Path, options: list[str]) -> None:
     """`check main.py` used to exit 0 ("not applicable"): a gate that always passes."""
     main = tmp_path / "main.py"
     main.write_text("from fastapi import FastAPI\n\napp = FastAPI()\n")
-    line = assert_one_line_error(h2fix_command("check", main), str(main))
+    line = assert_one_line_error(h2fix_command("check", *options, main), str(main))
     assert "to be an HTTP/2 protocol module" in line
     assert "pip install" not in line
 
