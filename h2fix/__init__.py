@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from ._environment import Environment
 from ._errors import (
+    ArgumentTypeError,
     DeadCodeChangedError,
+    DependencyMissingError,
+    FixFailedError,
     FunctionReplacedError,
     H2FixError,
+    InvalidSourceError,
     ModuleReloadedError,
+    NoFixSelectedError,
     NotAProtocolError,
     SourceChangedError,
     SourceUnavailableError,
@@ -38,12 +43,17 @@ from ._runtime import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentTypeError",
     "DeadCodeChangedError",
+    "DependencyMissingError",
     "Environment",
+    "FixFailedError",
     "FixOutcome",
     "FunctionReplacedError",
     "H2FixError",
+    "InvalidSourceError",
     "ModuleReloadedError",
+    "NoFixSelectedError",
     "NotAProtocolError",
     "Outcome",
     "Report",

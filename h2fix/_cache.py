@@ -88,6 +88,15 @@ def location() -> str | None:
     return os.path.join(home, ".cache", "h2fix")
 
 
+def describe_location() -> str:
+    """Where the cache is, or why there is none, for messages."""
+    try:
+        folder = location()
+    except Exception as error:
+        return f"no usable cache ({error})"
+    return "the cache turned off (H2FIX_NO_CACHE)" if folder is None else f"the cache {folder}"
+
+
 def key(parts: tuple[object, ...]) -> str:
     from . import __version__
 

@@ -1,7 +1,15 @@
 """The `h2fix` command line. Every subcommand goes through `rewrite` and the targets.
 
-Exit codes: 0 nothing to do (or done), 1 `check` found a fix to apply or
-`verify` found the repaired server wrong, 2 an error (with what to do).
+Exit codes, per command (an error is one line on stderr, never a traceback):
+
+    diff        0 the diff was printed (nothing when nothing would change), 2 an error
+    check       0 no fix needed, 1 a fix would be applied, 2 an error
+    status      0 printed, 2 an error or a fix refused the code
+    list-fixes  0
+    verify      0 the repaired server is correct, 1 it is not, 2 an error
+    vendor      0 the copy was written and checked, 2 refused or failed
+    warm        0 the start-up cache holds the installed target's entry, 2 an error
+    run         the server's own exit code; 2 when h2fix refuses to start it
 """
 
 from __future__ import annotations
@@ -12,16 +20,18 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TextIO
 
 from . import __version__
 from . import fixes as _fixes
 from ._environment import Environment
-from ._errors import H2FixError, UnrecognisedStructureError
+from ._errors import H2FixError, NotAProtocolError, UnrecognisedStructureError
+from ._launch import command as launcher_command
 from ._prepare import expect_protocol
 from ._results import FixOutcome, Outcome, Rewrite
 from ._rewrite import rewrite
+from ._run_command import parse as parse_server_command
 from ._runtime import status
 from ._targets import TARGETS, Located, locate, read_source
 
@@ -36,11 +46,22 @@ class _Subject:
     located: Located | None = None
 
     def rewrite(self, fixes: list[str] | None) -> Rewrite:
-        """What apply() would do to this file; an installed target is checked as apply() does."""
+        """What apply() would do to this file. A file in which no fix recognises anything
+        is refused, as apply() refuses such an installed target."""
         result = rewrite(self.source, fixes, strict=False)
         if self.located is not None:
             expect_protocol(self.located, result)
+        elif _recognises_nothing(result) and (
+            fixes is None or _recognises_nothing(rewrite(self.source, None, strict=False))
+        ):
+            # Judged by every fix: `--fix trailers` on Hypercorn 0.16 (no trailers
+            # support) is a protocol module with nothing to do, not a stranger.
+            raise NotAProtocolError(None, self.label)
         return result
+
+
+def _recognises_nothing(result: Rewrite) -> bool:
+    return all(o.outcome is Outcome.NOT_APPLICABLE for o in result.outcomes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,20 +69,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except H2FixError as error:
-        print(f"h2fix: error: {error}{_advice(error)}", file=sys.stderr)
+        _print_error(error)
+        return 2
+    except (RecursionError, MemoryError) as error:  # an error, never 1 ("a fix is needed")
+        print(f"h2fix: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     return code
 
 
+def _print_error(error: H2FixError, label: str | None = None) -> None:
+    prefix = f"{label}: " if label else ""
+    print(f"h2fix: error: {prefix}{error}{_advice(error)}", file=sys.stderr)
+
+
+#: Exit codes per command, shown by --help (the module docstring says the same).
+EXIT_CODES = {
+    "diff": "0 the diff was printed (nothing when nothing would change), 2 an error",
+    "check": "0 no fix needed, 1 a fix would be applied, 2 an error",
+    "status": "0 printed, 2 an error or a fix refused the code",
+    "list-fixes": "0",
+    "verify": "0 the repaired server is correct, 1 it is not, 2 an error",
+    "vendor": "0 the copy was written and checked, 2 refused or failed",
+    "warm": "0 the start-up cache holds the installed target's entry, 2 an error",
+    "run": "the server's own exit code; 2 when h2fix refuses to start it",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
+    width = max(map(len, EXIT_CODES)) + 2
     parser = argparse.ArgumentParser(
-        prog="h2fix", description="Repair HTTP/2 trailers in Hypercorn 0.17.x and anycorn 0.18.x."
+        prog="h2fix",
+        description="Repair HTTP/2 trailers in Hypercorn 0.17.x and anycorn 0.18.x.",
+        epilog="exit codes:\n"
+        + "\n".join(f"  {name:<{width}}{codes}" for name, codes in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"h2fix {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"h2fix {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help, description=help)
+        epilog = f"exit codes: {EXIT_CODES[name]}"
+        return commands.add_parser(name, help=help, description=help, epilog=epilog)
 
     def target_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--target", default="hypercorn", choices=list(TARGETS))
@@ -98,9 +146,20 @@ def _parser() -> argparse.ArgumentParser:
     vendor.add_argument("--out", required=True, type=Path, metavar="DIR", help="where to write")
     vendor.set_defaults(handler=_vendor)
 
+    warm = command(
+        "warm", "fill the start-up cache now (at image build time), so workers start warm"
+    )
+    fix_options(warm)
+    warm.set_defaults(handler=_warm)
+
     run = command("run", "serve with the fix applied: h2fix run -- hypercorn app:app [options]")
     run.add_argument("--fix", action="append", choices=[fix.name for fix in _fixes.FIXES])
-    run.add_argument("server", nargs=argparse.REMAINDER, help="the server's command line")
+    run.add_argument(
+        "server",
+        nargs=argparse.REMAINDER,
+        help="the server's command line: hypercorn|anycorn ARGS or python -m hypercorn|anycorn "
+        "ARGS, of this interpreter's environment (another environment's server is refused)",
+    )
     run.set_defaults(handler=_run)
     return parser
 
@@ -111,9 +170,12 @@ def _parser() -> argparse.ArgumentParser:
 def _diff(args: argparse.Namespace) -> int:
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     refused = False
-    for subject in _subjects(args):
-        result = subject.rewrite(args.fix)
-        text = result.diff(f"a/{subject.label}", f"b/{subject.label}")
+    for subject, result in _rewrites(args):
+        if result is None:
+            refused = True
+            continue
+        label = _diff_label(subject.label)
+        text = result.diff(f"a/{label}", f"b/{label}")
         sys.stdout.write(_colorize(text) if color else text)
         refused |= _print_refusals(subject, result, sys.stderr)
     return 2 if refused else 0
@@ -121,8 +183,10 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     pending = refused = False
-    for subject in _subjects(args):
-        result = subject.rewrite(args.fix)
+    for subject, result in _rewrites(args):
+        if result is None:
+            refused = True
+            continue
         for outcome in result.outcomes:
             shown = Outcome.PENDING if outcome.outcome is Outcome.REWRITTEN else outcome.outcome
             print(f"{subject.label}: {outcome.fix}: {shown} ({outcome.message})", file=sys.stderr)
@@ -175,22 +239,20 @@ def _vendor(args: argparse.Namespace) -> int:
     return run(args.target, args.out, args.fix, sys.stdout)
 
 
-def _run(args: argparse.Namespace) -> int:  # noqa: RET503 - execv does not return
+def _warm(args: argparse.Namespace) -> int:
+    from ._prepare import warm
+
+    print(warm(args.target, args.fix))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:  # execv does not return
     command = list(args.server)
     if command[:1] == ["--"]:
         command = command[1:]
-    server = Path(command[0]).name if command else ""
-    if server not in TARGETS:
-        print(
-            f"h2fix: error: expected a server command ({' or '.join(TARGETS)}), "
-            f"found {server or 'nothing'}; e.g. h2fix run -- hypercorn app:app",
-            file=sys.stderr,
-        )
-        return 2
-    locate(server)  # fail early, with advice, when it is not installed
-    if args.fix:
-        os.environ["H2FIX_RUN_FIXES"] = ",".join(args.fix)
-    launcher = [sys.executable, "-m", "h2fix._launch", server, *command[1:]]
+    server = parse_server_command(command)
+    locate(server.target)  # fail early, with advice, when it is not installed
+    launcher = launcher_command(server.path0, server.target, args.fix, server.arguments)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, launcher)
@@ -199,11 +261,31 @@ def _run(args: argparse.Namespace) -> int:  # noqa: RET503 - execv does not retu
 # --- helpers -------------------------------------------------------------------
 
 
-def _subjects(args: argparse.Namespace) -> list[_Subject]:
-    if args.paths:
-        return [_Subject(path, read_source(path, path)) for path in args.paths]
-    located = locate(args.target)
-    return [_Subject(located.relative_file, located.source, located)]
+def _rewrites(args: argparse.Namespace) -> list[tuple[_Subject, Rewrite | None]]:
+    """Each file's rewrite, or None after printing why there is none: one bad file
+    does not hide the other files' results (the exit code is 2 all the same)."""
+    if not args.paths:
+        located = locate(args.target)
+        subject = _Subject(located.relative_file, located.source, located)
+        return [(subject, subject.rewrite(args.fix))]
+    results: list[tuple[_Subject, Rewrite | None]] = []
+    for path in args.paths:
+        subject = _Subject(path, "")
+        try:
+            # advice=None: a file someone named is no package to reinstall.
+            subject = _Subject(path, read_source(None, path, advice=None))
+            results.append((subject, subject.rewrite(args.fix)))
+        except H2FixError as error:
+            _print_error(error, None if path in str(error) else path)
+            results.append((subject, None))
+    return results
+
+
+def _diff_label(path: str) -> str:
+    """The path after a/ and b/: as given when relative; an absolute one without its
+    root, as git writes it, so `patch -p1` applies the diff from the root."""
+    pure = PurePath(path)
+    return pure.relative_to(pure.anchor).as_posix() if pure.is_absolute() else pure.as_posix()
 
 
 def _print_refusals(subject: _Subject, result: Rewrite, out: TextIO) -> bool:

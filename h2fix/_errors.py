@@ -40,16 +40,30 @@ class TargetNotFoundError(H2FixError, ImportError):
         )
 
 
+#: What to do about an installed target's unreadable source.
+REINSTALL_ADVICE = "reinstall the package from a wheel or sdist that ships .py files"
+
+
 class SourceUnavailableError(H2FixError):
     """The target's Python source cannot be read (bytecode only, unreadable, ...)."""
 
-    def __init__(self, module: str, path: str | None, reason: str) -> None:
+    def __init__(
+        self,
+        module: str | None,
+        path: str | None,
+        reason: str,
+        advice: str | None = REINSTALL_ADVICE,
+    ) -> None:
+        #: None for a file the user named rather than an installed target's module.
         self.module = module
         self.path = path
         self.reason = reason
+        # A file the user named is not a package: advice to reinstall one would mislead.
+        self.advice = advice
+        what = f"the Python source of {module}" if module else "Python source"
         super().__init__(
-            f"expected the Python source of {module} at {path or '(no file)'}, "
-            f"but {reason}; reinstall the package from a wheel or sdist that ships .py files"
+            f"expected {what} at {path or '(no file)'}, but {reason}"
+            + (f"; {advice}" if advice else "")
         )
 
 
@@ -174,11 +188,106 @@ def _indent(text: str) -> str:
 class NotAProtocolError(H2FixError):
     """The target module holds none of the code any fix knows: not a Hypercorn-like protocol."""
 
-    def __init__(self, module: str, path: str) -> None:
+    def __init__(self, module: str | None, path: str) -> None:
+        #: None for a file the user named rather than an installed target's module.
         self.module = module
         self.path = path
+        if module is None:
+            super().__init__(
+                f"expected {path} to be an HTTP/2 protocol module like Hypercorn's "
+                "protocol/h2.py, but none of h2fix's fixes recognise anything in it; "
+                "name the server's protocol/h2.py (or a copy of it)"
+            )
+        else:
+            super().__init__(
+                f"expected {module} ({path}) to be an HTTP/2 protocol module like Hypercorn's, "
+                "but none of h2fix's fixes recognise anything in it; check that the installed "
+                "package is the genuine one (pip install --force-reinstall it)"
+            )
+
+
+class DependencyMissingError(H2FixError, ImportError):
+    """The server is installed but cannot be imported: a module it needs is missing.
+
+    Also an `ImportError`, like `TargetNotFoundError`, but it does not claim the
+    server is missing: reinstalling the server would not necessarily help.
+    """
+
+    def __init__(self, target: str, module: str, missing: str, reason: str) -> None:
+        self.target = target
+        self.module = module
+        self.missing = missing
+        self.reason = reason
         super().__init__(
-            f"expected {module} ({path}) to be an HTTP/2 protocol module like Hypercorn's, "
-            "but none of h2fix's fixes recognise anything in it; check that the installed "
-            "package is the genuine one (pip install --force-reinstall it)"
+            f"expected {module} to import, but a module it needs, {missing!r}, cannot be "
+            f"imported ({reason}); install the package that provides {missing!r} "
+            f"(or reinstall {target} with its dependencies: pip install {target})",
+            name=missing,
+        )
+
+
+class InvalidSourceError(H2FixError):
+    """The source text is not something h2fix hands to LibCST: it does not parse, is
+    far larger or deeper than a protocol module, or exhausted the interpreter."""
+
+    def __init__(self, expected: str, found: str, where: str | None = None) -> None:
+        self.expected = expected
+        self.found = found
+        #: The file, when the source came from one.
+        self.where = where
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}expected {expected}, found {found}")
+
+
+class FixFailedError(H2FixError):
+    """A fix raised an exception h2fix did not plan for: a bug in h2fix, reported as one."""
+
+    def __init__(self, fix: str, error: BaseException) -> None:
+        self.fix = fix
+        self.error = error
+        super().__init__(
+            f"fix {fix!r} was expected to rewrite or refuse this code, but it failed with "
+            f"{type(error).__name__}: {error}; nothing was changed for it. This is a bug in "
+            "h2fix: please report it with the file"
+        )
+
+
+class ArgumentTypeError(H2FixError, TypeError):
+    """An argument of h2fix's API has the wrong type (also a `TypeError`)."""
+
+    def __init__(self, argument: str, expected: str, value: object, hint: str = "") -> None:
+        self.argument = argument
+        self.expected = expected
+        self.value = value
+        found = f"{type(value).__name__} {_short_repr(value)}"
+        super().__init__(
+            f"{argument}: expected {expected}, found {found}" + (f"; {hint}" if hint else "")
+        )
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class NoFixSelectedError(H2FixError, ValueError):
+    """An empty list of fixes: almost certainly a mistake, so it is not a silent no-op."""
+
+    def __init__(self, known: Sequence[str]) -> None:
+        self.known = tuple(known)
+        super().__init__(
+            "no fixes selected: expected at least one of "
+            f"{', '.join(self.known)}, or None for all of them"
+        )
+
+
+class CacheUnavailableError(H2FixError):
+    """`h2fix warm` could not store the entry: the start-up cache is off or unusable."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(
+            f"expected a usable start-up cache to fill, found {where}; set H2FIX_CACHE_DIR "
+            "to an absolute path of a directory only you can write to (the h2fix.cache "
+            "warning says what was wrong)"
         )

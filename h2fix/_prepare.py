@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from . import _cache
+from . import fixes as _fixes
 from ._environment import Environment
-from ._errors import H2FixError, NotAProtocolError, UnrecognisedStructureError
+from ._errors import (
+    CacheUnavailableError,
+    H2FixError,
+    NotAProtocolError,
+    UnrecognisedStructureError,
+)
 from ._results import FixOutcome, Outcome, Rewrite
 from ._rewrite import rewrite
-from ._targets import Located
+from ._targets import Located, locate
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,25 @@ def _prepare_through_cache(
                         slot.store(_entry(prepared))
                     return prepared
     return Prepared(*entry)
+
+
+def warm(target: str, fixes: Iterable[str] | None = None) -> str:
+    """Store the installed target's entry in the start-up cache now (`h2fix warm`).
+
+    The fix set is what apply() with the same `fixes` asks for. Raises when the entry
+    cannot be stored: a refusal, or a cache that is off or unusable.
+    """
+    located = locate(target)
+    wanted = frozenset(fix.name for fix in _fixes.select(fixes))
+    environment = Environment.detect()
+    key = cache_key(located, wanted, environment)
+    prepared = _prepare_through_cache(key, located, wanted, environment)
+    if prepared.refusals:
+        raise prepared.refusals[0]
+    with _cache.opened(key) as slot:
+        if slot.load() is None:
+            raise CacheUnavailableError(_cache.describe_location())
+    return f"{located.target.name} {located.version}: start-up cache filled in {_cache.location()}"
 
 
 def _entry(prepared: Prepared) -> _cache.Entry:

@@ -3,6 +3,10 @@
 Every shell (runtime patch, command line, vendoring script) goes through
 `rewrite`, so the diff the CLI prints is exactly what `apply()` compiles and
 what the vendoring script writes.
+
+For bad code it raises only H2FixError subclasses (for bad argument types, an
+ArgumentTypeError, which is also a TypeError): whatever goes wrong inside LibCST
+or a fix is mapped to one, so no caller ever sees a traceback for a bad file.
 """
 
 from __future__ import annotations
@@ -12,7 +16,14 @@ from collections.abc import Iterable, Sequence
 from . import _known
 from . import fixes as _fixes
 from ._environment import Environment
-from ._errors import UnrecognisedStructureError
+from ._errors import (
+    ArgumentTypeError,
+    FixFailedError,
+    H2FixError,
+    InvalidSourceError,
+    UnrecognisedStructureError,
+)
+from ._limits import check_source
 from ._results import FixOutcome, Outcome, Rewrite
 
 
@@ -29,7 +40,10 @@ def rewrite(
     with strict=False it is recorded as refused instead and the other fixes still run.
     `environment` defaults to the running one (the installed h2). A release file
     h2fix knows is rewritten from its shipped table, without LibCST, to the same result.
+    Source that does not compile, or is far larger or deeper than a protocol module,
+    raises `InvalidSourceError` before LibCST sees it.
     """
+    _expect_arguments(source, environment)
     selected = _fixes.select(fixes)
     environment = environment or Environment.detect()
     known = _known.lookup(source, [fix.name for fix in selected], environment)
@@ -42,24 +56,55 @@ def rewrite_with_libcst(
     source: str, selected: Sequence[_fixes.Fix], environment: Environment, strict: bool
 ) -> Rewrite:
     """The rewrite computed by the fixes themselves (what the known-release table stores)."""
+    check_source(source)
     import libcst as cst  # deferred: libcst takes longer to import than the server
 
     try:
         tree = cst.parse_module(source)
     except cst.ParserSyntaxError as error:
-        raise UnrecognisedStructureError(
-            ",".join(fix.name for fix in selected),
-            "<module>",
-            "Python source that parses",
-            str(error).splitlines()[0],
-        ) from error
+        # Python parses it (checked above), LibCST does not: syntax newer than LibCST.
+        found = f"LibCST cannot parse it: {str(error).splitlines()[0]}"
+        raise InvalidSourceError("Python source that LibCST parses", found) from error
+    except (RecursionError, MemoryError) as error:
+        raise _exhausted(error) from error
     outcomes = []
     for fix in selected:
         try:
             tree, outcome = fix.load()(tree, environment)
-        except UnrecognisedStructureError as error:
-            if strict:
+        except (RecursionError, MemoryError) as error:
+            raise _exhausted(error) from error
+        except H2FixError as error:
+            if strict or not isinstance(error, UnrecognisedStructureError):
                 raise
             outcome = FixOutcome(fix.name, Outcome.REFUSED, str(error), error=error)
+        except Exception as error:  # a bug in a fix: say so, never a bare traceback
+            failure = FixFailedError(fix.name, error)
+            if strict:
+                raise failure from error
+            outcome = FixOutcome(fix.name, Outcome.REFUSED, str(failure), error=failure)
         outcomes.append(outcome)
-    return Rewrite(original=source, source=tree.code, outcomes=tuple(outcomes))
+    try:
+        code = tree.code
+    except (RecursionError, MemoryError) as error:
+        raise _exhausted(error) from error
+    return Rewrite(original=source, source=code, outcomes=tuple(outcomes))
+
+
+def _expect_arguments(source: object, environment: object) -> None:
+    if not isinstance(source, str):
+        hint = (
+            "decode it first, e.g. importlib.util.decode_source(data)"
+            if isinstance(source, (bytes, bytearray))
+            else ""
+        )
+        raise ArgumentTypeError("source", "the text of a module (str)", source, hint)
+    if environment is not None and not isinstance(environment, Environment):
+        expected = "None (the running one) or an h2fix.Environment"
+        raise ArgumentTypeError("environment", expected, environment)
+
+
+def _exhausted(error: BaseException) -> InvalidSourceError:
+    return InvalidSourceError(
+        "code LibCST can rewrite within Python's recursion limit and memory",
+        f"{type(error).__name__} while rewriting it",
+    )

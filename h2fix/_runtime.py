@@ -30,7 +30,7 @@ from ._errors import H2FixError, TargetNotFoundError
 from ._live import Slot
 from ._prepare import Prepared, patched_filename, prepare
 from ._results import FixOutcome, Outcome, Report
-from ._targets import Located, get_target, locate
+from ._targets import Located, get_target, import_failure, locate
 
 logger = logging.getLogger("h2fix")
 
@@ -100,7 +100,7 @@ def revert(target: str = "hypercorn") -> None:
 
     It undoes every fix in the target, including those of open patched() blocks.
     """
-    get_target(target)
+    get_target(target)  # a misspelt name must not pass for "nothing to revert"
     with _lock:
         state = _applied.get(target)
         if state is not None:
@@ -347,7 +347,7 @@ def _import(located: Located) -> types.ModuleType:
     try:
         return importlib.import_module(located.target.module)
     except ImportError as error:
-        raise TargetNotFoundError(located.target.name, located.target.module, str(error)) from error
+        raise import_failure(located.target, error) from error
 
 
 def _report(located: Located, outcomes: Iterable[FixOutcome]) -> Report:

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from ._errors import SourceUnavailableError, TargetNotFoundError, UnknownTargetError
+from ._errors import (
+    REINSTALL_ADVICE,
+    ArgumentTypeError,
+    DependencyMissingError,
+    H2FixError,
+    SourceUnavailableError,
+    TargetNotFoundError,
+    UnknownTargetError,
+)
+from ._limits import MAX_CHARACTERS, check_size
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,11 @@ class Located:
         return "/".join(path.parts[-(depth + 1) :])
 
 
-def get_target(name: str) -> Target:
+def get_target(name: object) -> Target:
+    """The known target called `name`; every public function taking `target` checks it here."""
+    if not isinstance(name, str):
+        expected = f"a target name (str), one of {', '.join(map(repr, TARGETS))}"
+        raise ArgumentTypeError("target", expected, name)
     try:
         return TARGETS[name]
     except KeyError:
@@ -64,7 +79,7 @@ def locate(name: str) -> Located:
         # Imports the parent packages (hypercorn, hypercorn.protocol), not the module.
         spec = importlib.util.find_spec(target.module)
     except ImportError as error:
-        raise TargetNotFoundError(target.name, target.module, str(error)) from error
+        raise import_failure(target, error) from error
     if spec is None:
         raise TargetNotFoundError(target.name, target.module, "no such module")
     origin = spec.origin
@@ -73,6 +88,15 @@ def locate(name: str) -> Located:
             target.module, origin, "only bytecode is installed, there is no .py file"
         )
     return Located(target, _version(target, origin), origin, read_source(target.module, origin))
+
+
+def import_failure(target: Target, error: ImportError) -> H2FixError:
+    """The error for a failed import of the target: not installed, or installed but
+    missing a module it needs (then reinstalling the target is not the answer)."""
+    own = {target.module.rsplit(".", depth)[0] for depth in range(target.module.count(".") + 1)}
+    if error.name is None or error.name in own:
+        return TargetNotFoundError(target.name, target.module, str(error))
+    return DependencyMissingError(target.name, target.module, error.name, str(error))
 
 
 def _version(target: Target, origin: str) -> str:
@@ -100,15 +124,47 @@ def _version(target: Target, origin: str) -> str:
         return "unknown"
 
 
-def read_source(module: str, path: str) -> str:
-    """A Python file's text, decoded as the interpreter would (encoding cookie, BOM)."""
+def read_source(module: str | None, path: str, advice: str | None = REINSTALL_ADVICE) -> str:
+    """A Python file's text, decoded as the interpreter would (encoding cookie, BOM).
+
+    Only a regular file of plausible size is read: a FIFO or a device (/dev/zero)
+    would block or never end. `module` is None for a file the user named; `advice`
+    ends the message of a SourceUnavailableError.
+    """
+
+    def unavailable(reason: str) -> SourceUnavailableError:
+        return SourceUnavailableError(module, path, reason, advice)
+
     try:
-        data = Path(path).read_bytes()
+        # stat first: opening a FIFO without O_NONBLOCK waits for a writer.
+        _expect_regular(os.stat(path), path, unavailable)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as error:
-        raise SourceUnavailableError(
-            module, path, f"it cannot be read ({error.strerror or error})"
-        ) from error
+        raise unavailable(f"it cannot be read ({error.strerror or error})") from error
+    try:
+        # What was opened may have been swapped in after the stat.
+        _expect_regular(os.fstat(fd), path, unavailable)
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_CHARACTERS + 1)
+    except OSError as error:
+        raise unavailable(f"it cannot be read ({error.strerror or error})") from error
+    finally:
+        os.close(fd)
+    # A character takes at least one byte: more bytes than the limit is too many characters.
+    check_size(len(data), "bytes" if len(data) <= MAX_CHARACTERS else "bytes or more", path)
     try:
         return importlib.util.decode_source(data)
-    except (SyntaxError, UnicodeDecodeError) as error:
-        raise SourceUnavailableError(module, path, f"it cannot be decoded ({error})") from error
+    except (SyntaxError, UnicodeDecodeError, LookupError) as error:
+        raise unavailable(f"it cannot be decoded ({error})") from error
+
+
+def _expect_regular(
+    info: os.stat_result, path: str, unavailable: Callable[[str], SourceUnavailableError]
+) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket",
+                 stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}  # fmt: skip
+        kind = next((name for test, name in kinds.items() if test(info.st_mode)), "not a file")
+        raise unavailable(f"it is {kind}, not a regular file")
+    if info.st_size > MAX_CHARACTERS:
+        check_size(info.st_size, "bytes", path)

@@ -486,3 +486,28 @@ def test_xdg_cache_home_is_the_default(tmp_path: Path, monkeypatch: pytest.Monke
     result = apply_in_fresh_process(None)
     assert result["patched"]
     assert len(entries(tmp_path / "h2fix")) == 1
+
+
+def test_warm_fills_the_cache_for_workers(tmp_path: Path) -> None:
+    """`h2fix warm` at image build time: the first worker then starts warm."""
+    cache = tmp_path / "cache"
+    env = environment(cache, {})
+    done = subprocess.run(
+        [sys.executable, "-m", "h2fix", "warm"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"start-up cache filled in {cache}" in done.stdout
+    [entry] = entries(cache)
+    first = apply_in_fresh_process(cache)
+    assert not first["libcst"]
+    assert first["patched"]
+    assert entries(cache) == [entry]  # the one warm wrote was used, not recomputed
+
+
+def test_warm_says_when_there_is_no_cache(tmp_path: Path) -> None:
+    env = environment(tmp_path / "cache", {"H2FIX_NO_CACHE": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "h2fix", "warm"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 2
+    assert "expected a usable start-up cache to fill, found the cache turned off" in done.stderr

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .._errors import UnknownFixError
+from .._errors import ArgumentTypeError, NoFixSelectedError, UnknownFixError
 
 if TYPE_CHECKING:
     import libcst as cst
@@ -77,13 +77,29 @@ FIXES: tuple[Fix, ...] = (
 
 
 def select(names: Iterable[str] | None) -> tuple[Fix, ...]:
-    """The fixes named (in table order), or all of them for None."""
+    """The fixes named (in table order), or all of them for None.
+
+    Every public function taking `fixes` goes through here, so they all accept
+    and refuse the same things.
+    """
     if names is None:
         return FIXES
     by_name = {fix.name: fix for fix in FIXES}
+    expected = "None or a list of fix names such as ['trailers']"
+    if isinstance(names, (str, bytes)):
+        # A string is iterable: without this, "trailers" would be read as 't', 'r', ...
+        raise ArgumentTypeError("fixes", expected, names, f"write [{names!r}]")
+    try:
+        given = list(names)
+    except TypeError:
+        raise ArgumentTypeError("fixes", expected, names) from None
     wanted = set()
-    for name in names:
+    for name in given:
+        if not isinstance(name, str):
+            raise ArgumentTypeError("each of fixes", "a fix name (str)", name)
         if name not in by_name:
             raise UnknownFixError(name, list(by_name))
         wanted.add(name)
+    if not wanted:
+        raise NoFixSelectedError(list(by_name))
     return tuple(fix for fix in FIXES if fix.name in wanted)
