@@ -221,6 +221,7 @@ def _names(fixes: Iterable[str] | None) -> frozenset[str]:
 
 def _apply(target: str, wanted: frozenset[str], strict: bool, missing_ok: bool) -> Report:
     """Install `wanted` on top of what is held; report on `wanted` only."""
+    get_target(target)  # a wrong type or name, before it is used as a key
     holds = _holds.get(target)
     try:
         held = holds.wanted() if holds else frozenset()

@@ -40,7 +40,8 @@ def test_diff_of_the_installed_release(capsys: pytest.CaptureFixture[str]) -> No
 def test_diff_of_every_fix(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["diff"]) == 0
     out = capsys.readouterr().out
-    assert out.count("@@ -") == 5  # initiate, _send_data, stream_send, _handle_events, push
+    # initiate, _send_data, stream_send, _handle_events (DATA, then StreamReset), push
+    assert out.count("@@ -") == 6
     assert "+            event = h2.events.RequestReceived(stream_id=1, headers=headers)\n" in out
 
 
@@ -156,7 +157,8 @@ def test_status(capsys: pytest.CaptureFixture[str]) -> None:
     assert out[2].split()[1].startswith("4.")
     assert out[3].startswith("trailers:           would be applied (H2Protocol.stream_send")
     assert out[4].startswith("request_received:   would be applied (H2Protocol.initiate")
-    assert out[5].startswith("closed_stream_data: would be applied (H2Protocol._handle_events")
+    assert out[5].startswith("send_state:         would be applied (H2Protocol._send_data")
+    assert out[6].startswith("closed_stream_data: would be applied (H2Protocol._handle_events")
 
 
 def test_status_json(capsys: pytest.CaptureFixture[str]) -> None:
