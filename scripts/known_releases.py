@@ -4,9 +4,9 @@
     python scripts/known_releases.py            # rewrite the table
     python scripts/known_releases.py --check    # exit 1 if the table is not what the fixes give
 
-Downloads each release's wheel from the package registry into a cache (never
-committed: h2fix ships facts about these files, the edits its own fixes make,
-not their code) and runs the LibCST fixes on its protocol/h2.py for each shape
+Downloads each release's wheel from the package registry into the test suite's
+cache (never committed: h2fix ships facts about these files, the edits its own
+fixes make, not their code) and runs the LibCST fixes on its protocol/h2.py for each shape
 of h2's events. Exit codes: 0 written (or up to date), 1 out of date (--check),
 2 an error.
 """
@@ -14,11 +14,8 @@ of h2's events. Exit codes: 0 written (or up to date), 1 out of date (--check),
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import subprocess
 import sys
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +25,12 @@ from h2fix._errors import H2FixError
 from h2fix._known import H2_VERSION_MARK, digest, edits_between, facts
 from h2fix._rewrite import rewrite_with_libcst
 
-TABLE = Path(__file__).resolve().parent.parent / "h2fix" / "_known_releases.py"
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = ROOT / "h2fix" / "_known_releases.py"
+# The test suite's download cache (H2FIX_TEST_CACHE, default ~/.cache/h2fix-tests).
+sys.path.insert(0, str(ROOT / "tests"))
+from support.releases import h2_source  # noqa: E402
+
 RELEASES = {
     "hypercorn": [
         "0.14.0", "0.14.1", "0.14.2", "0.14.3", "0.14.4", "0.15.0", "0.16.0",
@@ -41,17 +43,15 @@ RELEASES = {
     ],
 }  # fmt: skip
 ENVIRONMENTS = (H2_KEYWORD_EVENTS, H2_NO_ARGUMENT_EVENTS)
-DEFAULT_CACHE = Path(os.environ.get("H2FIX_TEST_CACHE", Path.home() / ".cache" / "h2fix-tests"))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="wheel cache")
     args = parser.parse_args(argv)
     try:
         sources = {
-            f"{name} {version}": release_source(name, version, args.cache)
+            f"{name} {version}": h2_source(name, version)
             for name, versions in RELEASES.items()
             for version in versions
         }
@@ -67,29 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     TABLE.write_text(text)
     print(TABLE)
     return 0
-
-
-def release_source(name: str, version: str, cache: Path) -> str:
-    """A release's protocol/h2.py, decoded as the interpreter decodes it."""
-    folder = cache / "wheels"
-
-    def wheels() -> list[Path]:  # older wheels are spelled Hypercorn-…
-        prefix = f"{name}-{version}-"
-        return sorted(p for p in folder.glob("*.whl") if p.name.lower().startswith(prefix))
-
-    found = wheels()
-    if not found:
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                "--only-binary=:all:", "--dest", str(folder), f"{name}=={version}",
-            ],
-            check=True,
-        )  # fmt: skip
-        found = wheels()
-    with zipfile.ZipFile(found[0]) as archive:
-        return importlib.util.decode_source(archive.read(f"{name}/protocol/h2.py"))
 
 
 def fix_sets() -> list[tuple[_fixes.Fix, ...]]:
