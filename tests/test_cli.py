@@ -13,6 +13,7 @@ import pytest
 from h2fix._cli import main
 from support.isolated import run_python
 from support.releases import h2_source, unpacked
+from support.versions import needs_hypercorn_018
 
 
 def h2fix_cli(*args: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -176,6 +177,7 @@ def test_list_fixes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "upstream: https://" in out
 
 
+@needs_hypercorn_018
 def test_on_hypercorn_018_nothing_to_do() -> None:
     path = unpacked("hypercorn", "0.18.0")
     check = h2fix_cli("check", path=path)

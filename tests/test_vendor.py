@@ -11,6 +11,7 @@ from pathlib import Path
 import h2fix
 from support.releases import unpacked
 from support.servers import ROOT
+from support.versions import needs_anycorn, needs_hypercorn_018
 
 SCRIPT = ROOT / "scripts" / "vendor.py"
 
@@ -60,6 +61,7 @@ def test_rerun_is_identical(tmp_path: Path) -> None:
         assert not sub.diff_files
 
 
+@needs_anycorn
 def test_anycorn(tmp_path: Path) -> None:
     result = vendor("--target", "anycorn", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -74,6 +76,7 @@ def test_refuses_site_packages() -> None:
     assert not inside.exists()
 
 
+@needs_hypercorn_018
 def test_nothing_to_fix_on_a_fixed_release(tmp_path: Path) -> None:
     result = vendor("--out", str(tmp_path), pythonpath=unpacked("hypercorn", "0.18.0"))
     assert result.returncode == 2
