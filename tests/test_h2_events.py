@@ -38,7 +38,10 @@ def test_curl_h2c_upgrade_fails_on_stock_server_with_this_h2(tmp_path: Path) -> 
     """Control: stock 0.17.3 with h2 >= 4.3 fails the upgrade, so the test above can fail."""
     with serving(tmp_path, "hypercorn", fix=False) as port:
         result = curl_h2c(port)
-    assert result.returncode == 18, result  # curl: transfer closed with data outstanding
+    # The connection dies without a response. curl words it by when it notices: 18 (transfer
+    # closed with data outstanding), or 55 (send failure: broken pipe) if it was still sending.
+    assert result.returncode != 0, result
+    assert "hello" not in result.stdout, result
     log = next(tmp_path.glob("server-*.log")).read_text()
     # 0.17.3 builds `h2.events.RequestReceived()` with no arguments; h2 >= 4.3 requires its
     # stream_id. Python words the TypeError by version ("keyword-only" from 3.10, where h2's
