@@ -13,6 +13,7 @@ import pytest
 from h2fix._cli import main
 from support.isolated import run_python
 from support.releases import h2_source, unpacked
+from support.versions import needs_hypercorn_018
 
 # Hypercorn 0.18.0 fixed these two faults upstream; it still needs send_state.
 TWO_FIXES = ("--fix", "trailers", "--fix", "request_received")
@@ -193,6 +194,7 @@ def test_list_fixes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "upstream: https://" in out
 
 
+@needs_hypercorn_018
 def test_on_hypercorn_018_nothing_to_do() -> None:
     # send_state is still needed there (tests/test_send_state.py); these two are not.
     path = unpacked("hypercorn", "0.18.0")

@@ -10,14 +10,18 @@ import pytest
 from h2fix._probe import H2Client, Response
 from support.grpc_app import frame, unframe
 from support.servers import serving
+from support.versions import needs_anycorn
 
 pytestmark = pytest.mark.server
 
 
 @pytest.fixture(
     scope="module",
-    params=[("hypercorn", "asyncio"), ("hypercorn", "trio"), ("anycorn", "asyncio")],
-    ids=["hypercorn-asyncio", "hypercorn-trio", "anycorn-asyncio"],
+    params=[
+        pytest.param(("hypercorn", "asyncio"), id="hypercorn-asyncio"),
+        pytest.param(("hypercorn", "trio"), id="hypercorn-trio"),
+        pytest.param(("anycorn", "asyncio"), id="anycorn-asyncio", marks=needs_anycorn),
+    ],
 )
 def port(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     target, worker_class = request.param

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from support.servers import serving
+from support.versions import needs_anycorn
 
 pytestmark = pytest.mark.server
 
@@ -25,7 +26,13 @@ SERVERS = {
 }
 
 
-@pytest.fixture(scope="module", params=SERVERS.values(), ids=SERVERS.keys())
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(server, id=name, marks=needs_anycorn if server[0] == "anycorn" else ())
+        for name, server in SERVERS.items()
+    ],
+)
 def channel(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[grpc.Channel]:
@@ -96,10 +103,13 @@ def test_unpatched_server_fails_as_measured(tmp_path: Path) -> None:
         error = caught.value
         assert isinstance(error, grpc.Call)
         assert error.code() is grpc.StatusCode.UNKNOWN
-        assert "END_STREAM" in (error.details() or "")
+        # The stream ended without trailers, so without a grpc-status. grpcio 1.85 words it
+        # "Stream removed (Data frame with END_STREAM flag received)", 1.80 (the last for
+        # Python 3.9) just "Stream removed": assert what both say.
+        assert (error.details() or "").startswith("Stream removed"), error.details()
 
 
-@pytest.mark.parametrize("target", ["hypercorn", "anycorn"])
+@pytest.mark.parametrize("target", ["hypercorn", pytest.param("anycorn", marks=needs_anycorn)])
 def test_run_repairs_every_spawned_worker(tmp_path: Path, target: str) -> None:
     """Separate connections until both workers have answered; every call succeeds."""
     pids = set()

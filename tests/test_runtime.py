@@ -17,6 +17,7 @@ import h2fix
 from h2fix import Outcome
 from support.isolated import copy_package, run_python
 from support.releases import unpacked
+from support.versions import needs_anycorn, needs_hypercorn_018
 
 
 def stream_send() -> Any:
@@ -184,6 +185,7 @@ def test_seed_names() -> None:
     assert H2Protocol.__dict__["initiate"] is initiate
 
 
+@needs_anycorn
 def test_anycorn_target() -> None:
     from anycorn.protocol.h2 import H2Protocol
 
@@ -315,6 +317,7 @@ def test_bytecode_only_install_is_refused(tmp_path: Path) -> None:
     assert "only bytecode is installed" in result.stdout, result.stderr
 
 
+@needs_hypercorn_018
 def test_apply_on_hypercorn_018_changes_only_closed_stream_data() -> None:
     result = run_python(
         """

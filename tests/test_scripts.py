@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from support.servers import ROOT
+from support.versions import needs_hypercorn_018, needs_patchy
 
 
 def run_script(name: str, *args: str) -> str:
@@ -24,6 +25,7 @@ def ratio(output: str, label: str) -> float:
     return float(match[1])
 
 
+@needs_patchy
 def test_bench_startup() -> None:
     output = run_script("bench_startup.py", "--repeat", "3")
     medians = {}
@@ -36,6 +38,7 @@ def test_bench_startup() -> None:
     assert ratio(output, "cold / import") > 0
 
 
+@needs_hypercorn_018  # the stock server it measures against
 def test_bench_throughput() -> None:
     output = run_script("bench_throughput.py", "--seconds", "0.5", "--rounds", "1")
     assert ratio(output, "unary: patched / stock") > 0

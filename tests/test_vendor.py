@@ -18,6 +18,7 @@ from h2fix._vendor import MARKER, _invocation_entry, protected_places
 from support.isolated import copy_package
 from support.releases import unpacked, wheel
 from support.servers import ROOT
+from support.versions import needs_anycorn, needs_hypercorn_018
 
 SCRIPT = ROOT / "scripts" / "vendor.py"
 INSTALLED = Path(sysconfig.get_path("purelib")) / "hypercorn"
@@ -120,12 +121,14 @@ def test_rerun_is_identical(tmp_path: Path) -> None:
     assert tree(first) == tree(second)
 
 
+@needs_anycorn
 def test_anycorn(tmp_path: Path) -> None:
     result = vendor("--target", "anycorn", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "anycorn" / "protocol" / "h2.py.diff").exists()
 
 
+@needs_hypercorn_018
 def test_nothing_to_fix_on_a_fixed_release(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # send_state is still needed there (tests/test_send_state.py); these two are not.

@@ -28,8 +28,11 @@ def wheel(distribution: str, version: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [
+                # Only the files are read (or served by a newer Python): a release that
+                # needs a newer Python than this one is still downloaded.
                 sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                "--only-binary=:all:", "--dest", str(folder), f"{distribution}=={version}",
+                "--only-binary=:all:", "--ignore-requires-python",
+                "--dest", str(folder), f"{distribution}=={version}",
             ],
             check=True,
         )  # fmt: skip

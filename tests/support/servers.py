@@ -68,10 +68,17 @@ def running_server(
         raise ValueError(mode)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     log = tmp_path / f"server-{port}.log"
-    with (
-        log.open("wb") as output,
-        serving_command([sys.executable, *command], port, log=output, env=env) as process,
-    ):
+    with contextlib.ExitStack() as stack:
+        output = stack.enter_context(log.open("wb"))
+        try:
+            process = stack.enter_context(
+                serving_command([sys.executable, *command], port, log=output, env=env)
+            )
+        except RuntimeError as error:
+            # The log lives in a temporary directory that pytest soon removes: show it here.
+            output.flush()
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{error}\n--- {log.name} ---\n{tail}") from error
         yield port, process
 
 
