@@ -26,7 +26,12 @@ from typing import TextIO
 from . import __version__
 from . import fixes as _fixes
 from ._environment import Environment
-from ._errors import H2FixError, NotAProtocolError, UnrecognisedStructureError
+from ._errors import (
+    H2FixError,
+    InvalidSourceError,
+    NotAProtocolError,
+    UnrecognisedStructureError,
+)
 from ._launch import command as launcher_command
 from ._prepare import expect_protocol
 from ._results import FixOutcome, Outcome, Rewrite
@@ -49,6 +54,9 @@ class _Subject:
         """What apply() would do to this file. A file in which no fix recognises anything
         is refused, as apply() refuses such an installed target."""
         result = rewrite(self.source, fixes, strict=False)
+        unreadable = [e for e in result.refusals if isinstance(e, InvalidSourceError)]
+        if unreadable:  # no fix could read it: one error, not one per fix
+            raise unreadable[0]
         if self.located is not None:
             expect_protocol(self.located, result)
         elif _recognises_nothing(result) and (

@@ -47,6 +47,17 @@ def check_source(source: str) -> None:
     check_size(len(source), "characters")
     string_runs = _scan_tokens(source)
     _check_depth(_parse(source), string_runs)
+    _compile(source)
+
+
+def _compile(source: str) -> None:
+    """The whole compiler, not just the parser: `break` outside a loop, too many nested
+    parentheses and the like are found only here (safe now: size and depth are bounded)."""
+    try:
+        compile(source, "<source>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as error:
+        found = f"{type(error).__name__}: {error}"
+        raise InvalidSourceError("Python source that compiles", found) from error
 
 
 def _scan_tokens(source: str) -> dict[tuple[int, int], int]:

@@ -12,6 +12,7 @@ or a fix is mapped to one, so no caller ever sees a traceback for a bad file.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from . import _known
 from . import fixes as _fixes
@@ -25,6 +26,9 @@ from ._errors import (
 )
 from ._limits import check_source
 from ._results import FixOutcome, Outcome, Rewrite
+
+if TYPE_CHECKING:
+    import libcst as cst
 
 
 def rewrite(
@@ -55,39 +59,58 @@ def rewrite(
 def rewrite_with_libcst(
     source: str, selected: Sequence[_fixes.Fix], environment: Environment, strict: bool
 ) -> Rewrite:
-    """The rewrite computed by the fixes themselves (what the known-release table stores)."""
-    check_source(source)
-    import libcst as cst  # deferred: libcst takes longer to import than the server
+    """The rewrite computed by the fixes themselves (what the known-release table stores).
 
+    Source no fix can read is refused by every fix (raised when strict)."""
     try:
-        tree = cst.parse_module(source)
-    except cst.ParserSyntaxError as error:
-        # Python parses it (checked above), LibCST does not: syntax newer than LibCST.
-        found = f"LibCST cannot parse it: {str(error).splitlines()[0]}"
-        raise InvalidSourceError("Python source that LibCST parses", found) from error
-    except (RecursionError, MemoryError) as error:
-        raise _exhausted(error) from error
+        tree = _parse(source)
+    except InvalidSourceError as error:
+        if strict:
+            raise
+        return Rewrite(source, source, tuple(_refused(fix.name, error) for fix in selected))
     outcomes = []
     for fix in selected:
         try:
             tree, outcome = fix.load()(tree, environment)
         except (RecursionError, MemoryError) as error:
-            raise _exhausted(error) from error
+            failure: H2FixError = _exhausted(error)
+            if strict:
+                raise failure from error
+            outcome = _refused(fix.name, failure)
         except H2FixError as error:
             if strict or not isinstance(error, UnrecognisedStructureError):
                 raise
-            outcome = FixOutcome(fix.name, Outcome.REFUSED, str(error), error=error)
+            outcome = _refused(fix.name, error)
         except Exception as error:  # a bug in a fix: say so, never a bare traceback
             failure = FixFailedError(fix.name, error)
             if strict:
                 raise failure from error
-            outcome = FixOutcome(fix.name, Outcome.REFUSED, str(failure), error=failure)
+            outcome = _refused(fix.name, failure)
         outcomes.append(outcome)
     try:
         code = tree.code
     except (RecursionError, MemoryError) as error:
         raise _exhausted(error) from error
     return Rewrite(original=source, source=code, outcomes=tuple(outcomes))
+
+
+def _parse(source: str) -> cst.Module:
+    """The LibCST tree of `source`, once it is known to be safe to hand to LibCST."""
+    check_source(source)
+    import libcst as cst  # deferred: libcst takes longer to import than the server
+
+    try:
+        return cst.parse_module(source)
+    except cst.ParserSyntaxError as error:
+        # Python compiles it (checked above), LibCST does not: syntax newer than LibCST.
+        found = f"LibCST cannot parse it: {str(error).splitlines()[0]}"
+        raise InvalidSourceError("Python source that LibCST parses", found) from error
+    except (RecursionError, MemoryError) as error:
+        raise _exhausted(error) from error
+
+
+def _refused(fix: str, error: H2FixError) -> FixOutcome:
+    return FixOutcome(fix, Outcome.REFUSED, str(error), error=error)
 
 
 def _expect_arguments(source: object, environment: object) -> None:
