@@ -108,9 +108,9 @@ def test_apply_twice_is_a_no_op() -> None:
     first = stream_send()
     report = h2fix.apply()
     assert not report.changed
-    assert [f.outcome for f in report.fixes] == [Outcome.ALREADY_APPLIED] * 3
+    assert [f.outcome for f in report.fixes] == [Outcome.ALREADY_APPLIED] * 4
     assert stream_send() is first
-    assert [f.outcome for f in h2fix.status().fixes] == [Outcome.ALREADY_APPLIED] * 3
+    assert [f.outcome for f in h2fix.status().fixes] == [Outcome.ALREADY_APPLIED] * 4
 
 
 def test_revert_restores_the_exact_original() -> None:
@@ -318,19 +318,19 @@ def test_bytecode_only_install_is_refused(tmp_path: Path) -> None:
 
 
 @needs_hypercorn_018
-def test_apply_on_hypercorn_018_changes_only_closed_stream_data() -> None:
+def test_apply_on_hypercorn_018_changes_only_what_it_still_needs() -> None:
     result = run_python(
         """
         import h2fix, hypercorn.protocol.h2 as module
-        before = module.H2Protocol.stream_send
-        # send_state is still needed there (tests/test_send_state.py); these two are not.
-        report = h2fix.apply(fixes=["trailers", "request_received"])
+        before = module.H2Protocol.initiate
+        report = h2fix.apply()
         print(report.version, [f.outcome.value for f in report.fixes], report.changed)
-        assert module.H2Protocol.stream_send is before
+        assert module.H2Protocol.initiate is before  # request_received: fixed upstream
         """,
         unpacked("hypercorn", "0.18.0"),
     )
-    expected = "0.18.0 ['already fixed upstream', 'already fixed upstream', 'applied'] True"
+    upstream, applied = "already fixed upstream", "applied"
+    expected = f"0.18.0 {[upstream, upstream, applied, applied]} True"
     assert result.stdout.strip() == expected, result.stderr
 
 
