@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import hashlib
 import types
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 from . import _cache
-from ._environment import Environment
-from ._errors import H2FixError, NotAProtocolError, UnrecognisedStructureError
-from ._results import FixOutcome, Outcome, Rewrite
-from ._rewrite import rewrite
-from ._targets import Located
+from ._errors import NotAProtocolError, UnrecognisedStructureError
+from ._record import Record, initialise
+from ._results import Outcome
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ._environment import Environment
+    from ._errors import H2FixError
+    from ._results import FixOutcome, Rewrite
+    from ._targets import Located
 
 
-@dataclass(frozen=True)
-class Prepared:
+class Prepared(Record):
+    """What apply() swaps in for one fix set, and what it checks the live code against."""
+
+    __slots__ = ("new_code", "original_code", "outcomes", "source")
+
     #: The rewritten module source, shown by tracebacks and inspect.getsource().
     source: str
     outcomes: tuple[FixOutcome, ...]
@@ -29,6 +37,15 @@ class Prepared:
     original_code: Mapping[str, tuple[types.CodeType, ...]]
     #: qualname -> the same definitions compiled from the rewritten source, pairwise.
     new_code: Mapping[str, tuple[types.CodeType, ...]]
+
+    def __init__(
+        self,
+        source: str,
+        outcomes: tuple[FixOutcome, ...],
+        original_code: Mapping[str, tuple[types.CodeType, ...]],
+        new_code: Mapping[str, tuple[types.CodeType, ...]],
+    ) -> None:
+        initialise(self, source, outcomes, original_code, new_code)
 
     def changed_definitions(self, qualname: str) -> tuple[int, ...]:
         """Positions (in `original_code[qualname]`) of the definitions the fixes changed."""
@@ -87,6 +104,8 @@ def _entry(prepared: Prepared) -> _cache.Entry:
 
 
 def _prepare(located: Located, fixes: frozenset[str], environment: Environment) -> Prepared:
+    from ._rewrite import rewrite  # deferred: a warm start never rewrites
+
     result = rewrite(located.source, fixes, environment=environment, strict=False)
     expect_protocol(located, result)
     original_code: dict[str, tuple[types.CodeType, ...]] = {}

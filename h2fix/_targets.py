@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 from ._errors import SourceUnavailableError, TargetNotFoundError, UnknownTargetError
+from ._record import Record, initialise
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(Record):
+    """A server h2fix knows how to repair."""
+
+    __slots__ = ("module", "name", "served_class")
+
     #: The distribution name, which is also the top-level package.
     name: str
     #: The module whose source the fixes rewrite.
@@ -20,6 +22,9 @@ class Target:
     #: imports it from `module` at its own import, so this binding, not the one in
     #: `module`, is what runs (they differ after importlib.reload(module)).
     served_class: str
+
+    def __init__(self, name: str, module: str, served_class: str) -> None:
+        initialise(self, name, module, served_class)
 
 
 TARGETS: dict[str, Target] = {
@@ -33,21 +38,26 @@ TARGETS: dict[str, Target] = {
 }
 
 
-@dataclass(frozen=True)
-class Located:
+class Located(Record):
     """An installed target's module: where it is and what its source says."""
+
+    __slots__ = ("file", "source", "target", "version")
 
     target: Target
     version: str
     file: str
     source: str
 
+    def __init__(self, target: Target, version: str, file: str, source: str) -> None:
+        initialise(self, target, version, file, source)
+
     @property
     def relative_file(self) -> str:
         """The file's path below its sys.path entry, e.g. hypercorn/protocol/h2.py."""
+        from pathlib import PurePath  # deferred: not needed by apply()
+
         depth = self.target.module.count(".")
-        path = Path(self.file)
-        return "/".join(path.parts[-(depth + 1) :])
+        return "/".join(PurePath(self.file).parts[-(depth + 1) :])
 
 
 def get_target(name: str) -> Target:
@@ -103,7 +113,8 @@ def _version(target: Target, origin: str) -> str:
 def read_source(module: str, path: str) -> str:
     """A Python file's text, decoded as the interpreter would (encoding cookie, BOM)."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as file:
+            data = file.read()
     except OSError as error:
         raise SourceUnavailableError(
             module, path, f"it cannot be read ({error.strerror or error})"
