@@ -9,28 +9,9 @@ when they are needed.
 
 from __future__ import annotations
 
-from ._environment import Environment
-from ._errors import (
-    ArgumentTypeError,
-    DeadCodeChangedError,
-    DependencyMissingError,
-    FixFailedError,
-    FunctionReplacedError,
-    H2FixError,
-    InvalidSourceError,
-    ModuleReloadedError,
-    NoFixSelectedError,
-    NotAProtocolError,
-    SourceChangedError,
-    SourceUnavailableError,
-    TargetNotFoundError,
-    UnknownFixError,
-    UnknownTargetError,
-    UnreachablePatchError,
-    UnrecognisedStructureError,
-)
-from ._results import FixOutcome, Outcome, Report, Rewrite
-from ._rewrite import rewrite
+# Only what a warm apply() runs is imported here: h2fix is imported at every
+# worker's start. Everything else is imported on first use (__getattr__ below).
+from ._errors import H2FixError
 from ._runtime import (
     apply,
     patch_h2_protocol,
@@ -40,10 +21,79 @@ from ._runtime import (
     status,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._environment import Environment
+    from ._errors import (
+        ArgumentTypeError,
+        CacheUnavailableError,
+        DeadCodeChangedError,
+        DependencyMissingError,
+        FixFailedError,
+        FunctionReplacedError,
+        InvalidSourceError,
+        ModuleReloadedError,
+        NoFixSelectedError,
+        NotAProtocolError,
+        SourceChangedError,
+        SourceUnavailableError,
+        TargetNotFoundError,
+        UnknownFixError,
+        UnknownTargetError,
+        UnreachablePatchError,
+        UnrecognisedStructureError,
+    )
+    from ._results import FixOutcome, Outcome, Report, Rewrite
+    from ._rewrite import rewrite
+
+#: Public name -> the private module that defines it.
+_LAZY = {
+    "Environment": "_environment",
+    "ArgumentTypeError": "_errors",
+    "CacheUnavailableError": "_errors",
+    "DeadCodeChangedError": "_errors",
+    "DependencyMissingError": "_errors",
+    "FixFailedError": "_errors",
+    "FunctionReplacedError": "_errors",
+    "InvalidSourceError": "_errors",
+    "ModuleReloadedError": "_errors",
+    "NoFixSelectedError": "_errors",
+    "NotAProtocolError": "_errors",
+    "SourceChangedError": "_errors",
+    "SourceUnavailableError": "_errors",
+    "TargetNotFoundError": "_errors",
+    "UnknownFixError": "_errors",
+    "UnknownTargetError": "_errors",
+    "UnreachablePatchError": "_errors",
+    "UnrecognisedStructureError": "_errors",
+    "FixOutcome": "_results",
+    "Outcome": "_results",
+    "Report": "_results",
+    "Rewrite": "_results",
+    "rewrite": "_rewrite",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentTypeError",
+    "CacheUnavailableError",
     "DeadCodeChangedError",
     "DependencyMissingError",
     "Environment",

@@ -6,18 +6,29 @@ Kept apart from the rewrite so that the rewrite stays a pure function of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ._record import Record, initialise
 
 
-@dataclass(frozen=True)
-class Environment:
+class Environment(Record):
+    """The installed h2, as the fixes read it. Its repr is part of the cache key."""
+
+    __slots__ = ("h2_version", "request_received_parameters", "request_received_required")
+
     #: Version of the installed h2 package, or None when h2 is not installed.
-    h2_version: str | None = None
+    h2_version: str | None
     #: Parameters of h2.events.RequestReceived: () for h2 <= 4.2's no-argument
     #: constructor; for h2 >= 4.3 keyword-only fields (the required ones first
     #: listed in `request_received_required`). None when h2 is not installed.
-    request_received_parameters: tuple[str, ...] | None = None
-    request_received_required: tuple[str, ...] = ()
+    request_received_parameters: tuple[str, ...] | None
+    request_received_required: tuple[str, ...]
+
+    def __init__(
+        self,
+        h2_version: str | None = None,
+        request_received_parameters: tuple[str, ...] | None = None,
+        request_received_required: tuple[str, ...] = (),
+    ) -> None:
+        initialise(self, h2_version, request_received_parameters, request_received_required)
 
     @classmethod
     def detect(cls) -> Environment:

@@ -291,3 +291,31 @@ class CacheUnavailableError(H2FixError):
             "to an absolute path of a directory only you can write to (the h2fix.cache "
             "warning says what was wrong)"
         )
+
+
+_FrozenRecordError: type[H2FixError] | None = None
+
+
+def frozen_record_error(cls: str, field: str, found: str) -> AttributeError:
+    """What assigning to (or deleting) a field of an h2fix result raises.
+
+    An H2FixError and, as when these results were frozen dataclasses,
+    a dataclasses.FrozenInstanceError (an AttributeError). The class is made on
+    first use because `dataclasses` takes milliseconds to import.
+    """
+    global _FrozenRecordError
+    if _FrozenRecordError is None:
+        import dataclasses
+
+        class FrozenRecordError(H2FixError, dataclasses.FrozenInstanceError):
+            """A field of an immutable h2fix value was assigned to or deleted."""
+
+        FrozenRecordError.__module__ = __name__
+        FrozenRecordError.__qualname__ = FrozenRecordError.__name__
+        _FrozenRecordError = FrozenRecordError
+    error = _FrozenRecordError(
+        f"cannot assign to field {field!r}: expected {cls} to stay as it was made "
+        f"(it is immutable: make a new one instead), found {found}"
+    )
+    assert isinstance(error, AttributeError)
+    return error

@@ -10,9 +10,6 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from ._errors import (
     DeadCodeChangedError,
@@ -21,22 +18,43 @@ from ._errors import (
     SourceChangedError,
     UnreachablePatchError,
 )
-from ._prepare import Prepared
-from ._targets import Located, Target
+from ._record import Record, initialise
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any
+
+    from ._prepare import Prepared
+    from ._targets import Located, Target
 
 
-@dataclass(frozen=True)
-class Slot:
+class Slot(Record):
     """One attribute h2fix replaces: a method's own name, or an alias of it."""
+
+    __slots__ = ("code", "name", "original", "owner", "patched", "qualname")
 
     #: The function's qualified name as the fixes report it, e.g. "H2Protocol.stream_send".
     qualname: str
     owner: Any
     name: str
-    original: types.FunctionType
-    patched: types.FunctionType
     #: patched.__code__ when h2fix installed it: someone may swap the code in place.
     code: types.CodeType
+
+    def __init__(
+        self,
+        qualname: str,
+        owner: Any,
+        name: str,
+        original: types.FunctionType,
+        patched: types.FunctionType,
+        code: types.CodeType,
+    ) -> None:
+        initialise(self, qualname, owner, name, original, patched, code)
+        # Declared here, not in the class body, where mypy would read a function
+        # type as a method (bound on access).
+        self.original: types.FunctionType
+        self.patched: types.FunctionType
 
     @property
     def where(self) -> str:

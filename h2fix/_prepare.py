@@ -8,25 +8,27 @@ from __future__ import annotations
 
 import hashlib
 import types
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from . import _cache
-from . import fixes as _fixes
-from ._environment import Environment
-from ._errors import (
-    CacheUnavailableError,
-    H2FixError,
-    NotAProtocolError,
-    UnrecognisedStructureError,
-)
-from ._results import FixOutcome, Outcome, Rewrite
-from ._rewrite import rewrite
-from ._targets import Located, locate
+from ._errors import NotAProtocolError, UnrecognisedStructureError
+from ._record import Record, initialise
+from ._results import Outcome
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from ._environment import Environment
+    from ._errors import H2FixError
+    from ._results import FixOutcome, Rewrite
+    from ._targets import Located
 
 
-@dataclass(frozen=True)
-class Prepared:
+class Prepared(Record):
+    """What apply() swaps in for one fix set, and what it checks the live code against."""
+
+    __slots__ = ("new_code", "original_code", "outcomes", "source")
+
     #: The rewritten module source, shown by tracebacks and inspect.getsource().
     source: str
     outcomes: tuple[FixOutcome, ...]
@@ -35,6 +37,15 @@ class Prepared:
     original_code: Mapping[str, tuple[types.CodeType, ...]]
     #: qualname -> the same definitions compiled from the rewritten source, pairwise.
     new_code: Mapping[str, tuple[types.CodeType, ...]]
+
+    def __init__(
+        self,
+        source: str,
+        outcomes: tuple[FixOutcome, ...],
+        original_code: Mapping[str, tuple[types.CodeType, ...]],
+        new_code: Mapping[str, tuple[types.CodeType, ...]],
+    ) -> None:
+        initialise(self, source, outcomes, original_code, new_code)
 
     def changed_definitions(self, qualname: str) -> tuple[int, ...]:
         """Positions (in `original_code[qualname]`) of the definitions the fixes changed."""
@@ -93,6 +104,11 @@ def warm(target: str, fixes: Iterable[str] | None = None) -> str:
     The fix set is what apply() with the same `fixes` asks for. Raises when the entry
     cannot be stored: a refusal, or a cache that is off or unusable.
     """
+    from . import fixes as _fixes
+    from ._environment import Environment
+    from ._errors import CacheUnavailableError
+    from ._targets import locate
+
     located = locate(target)
     wanted = frozenset(fix.name for fix in _fixes.select(fixes))
     environment = Environment.detect()
@@ -112,6 +128,8 @@ def _entry(prepared: Prepared) -> _cache.Entry:
 
 
 def _prepare(located: Located, fixes: frozenset[str], environment: Environment) -> Prepared:
+    from ._rewrite import rewrite  # deferred: a warm start never rewrites
+
     result = rewrite(located.source, fixes, environment=environment, strict=False)
     expect_protocol(located, result)
     original_code: dict[str, tuple[types.CodeType, ...]] = {}

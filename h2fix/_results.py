@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 
-from ._errors import H2FixError
+from ._record import Record, initialise
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._errors import H2FixError
 
 
 class Outcome(str, enum.Enum):
@@ -29,26 +32,45 @@ class Outcome(str, enum.Enum):
         return self in (Outcome.REWRITTEN, Outcome.PENDING, Outcome.APPLIED)
 
 
-@dataclass(frozen=True)
-class FixOutcome:
+class FixOutcome(Record):
+    """What one fix did (or would do), and why."""
+
+    __slots__ = ("error", "fix", "functions", "message", "outcome")
+    _uncompared = frozenset({"error"})
+
     fix: str
     outcome: Outcome
     message: str
     #: Qualified names of the functions this fix changed, e.g. "H2Protocol.stream_send".
-    functions: tuple[str, ...] = ()
-    error: H2FixError | None = field(default=None, compare=False)
+    functions: tuple[str, ...]
+    #: The refusal, when outcome is REFUSED; not compared.
+    error: H2FixError | None
+
+    def __init__(
+        self,
+        fix: str,
+        outcome: Outcome,
+        message: str,
+        functions: tuple[str, ...] = (),
+        error: H2FixError | None = None,
+    ) -> None:
+        initialise(self, fix, outcome, message, functions, error)
 
     def __str__(self) -> str:
         return f"{self.fix}: {self.outcome} ({self.message})"
 
 
-@dataclass(frozen=True)
-class Rewrite:
+class Rewrite(Record):
     """The result of `h2fix.rewrite`: the new source and what each fix did."""
+
+    __slots__ = ("original", "outcomes", "source")
 
     original: str
     source: str
     outcomes: tuple[FixOutcome, ...]
+
+    def __init__(self, original: str, source: str, outcomes: tuple[FixOutcome, ...]) -> None:
+        initialise(self, original, source, outcomes)
 
     @property
     def changed(self) -> bool:
@@ -79,15 +101,21 @@ class Rewrite:
         )
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(Record):
     """What `apply()` did or what `status()` says it would do, for one target."""
+
+    __slots__ = ("file", "fixes", "module", "target", "version")
 
     target: str
     module: str
     version: str
     file: str
     fixes: tuple[FixOutcome, ...]
+
+    def __init__(
+        self, target: str, module: str, version: str, file: str, fixes: tuple[FixOutcome, ...]
+    ) -> None:
+        initialise(self, target, module, version, file, fixes)
 
     @property
     def changed(self) -> bool:

@@ -19,18 +19,24 @@ import logging
 import threading
 import types
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 from . import _live
 from . import fixes as _fixes
 from ._environment import Environment
 from ._errors import H2FixError, TargetNotFoundError
 from ._live import Slot
-from ._prepare import Prepared, patched_filename, prepare
+from ._prepare import patched_filename, prepare
+from ._record import Record, initialise, replace
 from ._results import FixOutcome, Outcome, Report
-from ._targets import Located, get_target, import_failure, locate
+from ._targets import get_target, import_failure, locate
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from typing import Any
+
+    from ._prepare import Prepared
+    from ._targets import Located
 
 logger = logging.getLogger("h2fix")
 
@@ -38,9 +44,10 @@ logger = logging.getLogger("h2fix")
 _lock = threading.RLock()
 
 
-@dataclass(frozen=True)
-class _Applied:
+class _Applied(Record):
     """What is installed in one target now."""
+
+    __slots__ = ("filename", "fixes", "located", "module", "outcomes", "requested", "slots")
 
     #: The patched module and its file, so revert() needs neither the source nor an import.
     module: types.ModuleType
@@ -55,15 +62,30 @@ class _Applied:
     filename: str
     outcomes: tuple[FixOutcome, ...]
 
+    def __init__(
+        self,
+        *,
+        module: types.ModuleType,
+        located: Located,
+        requested: frozenset[str],
+        fixes: frozenset[str],
+        slots: tuple[Slot, ...],
+        filename: str,
+        outcomes: tuple[FixOutcome, ...],
+    ) -> None:
+        initialise(self, module, located, requested, fixes, slots, filename, outcomes)
 
-@dataclass
+
 class _Holds:
     """Who wants which fixes in one target."""
 
-    #: Fixes asked for by apply(): kept until revert().
-    pinned: set[str] = field(default_factory=set)
-    #: Fix name -> how many open patched() blocks asked for it.
-    blocks: Counter[str] = field(default_factory=Counter)
+    __slots__ = ("blocks", "pinned")
+
+    def __init__(self) -> None:
+        #: Fixes asked for by apply(): kept until revert().
+        self.pinned: set[str] = set()
+        #: Fix name -> how many open patched() blocks asked for it.
+        self.blocks: Counter[str] = Counter()
 
     def wanted(self) -> frozenset[str]:
         return frozenset(self.pinned) | frozenset(f for f, n in self.blocks.items() if n > 0)

@@ -5,24 +5,29 @@ from __future__ import annotations
 import importlib.util
 import os
 import stat
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 from ._errors import (
     REINSTALL_ADVICE,
     ArgumentTypeError,
     DependencyMissingError,
-    H2FixError,
     SourceUnavailableError,
     TargetNotFoundError,
     UnknownTargetError,
 )
-from ._limits import MAX_CHARACTERS, check_size
+from ._record import Record, initialise
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from ._errors import H2FixError
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(Record):
+    """A server h2fix knows how to repair."""
+
+    __slots__ = ("module", "name", "served_class")
+
     #: The distribution name, which is also the top-level package.
     name: str
     #: The module whose source the fixes rewrite.
@@ -31,6 +36,9 @@ class Target:
     #: imports it from `module` at its own import, so this binding, not the one in
     #: `module`, is what runs (they differ after importlib.reload(module)).
     served_class: str
+
+    def __init__(self, name: str, module: str, served_class: str) -> None:
+        initialise(self, name, module, served_class)
 
 
 TARGETS: dict[str, Target] = {
@@ -44,21 +52,26 @@ TARGETS: dict[str, Target] = {
 }
 
 
-@dataclass(frozen=True)
-class Located:
+class Located(Record):
     """An installed target's module: where it is and what its source says."""
+
+    __slots__ = ("file", "source", "target", "version")
 
     target: Target
     version: str
     file: str
     source: str
 
+    def __init__(self, target: Target, version: str, file: str, source: str) -> None:
+        initialise(self, target, version, file, source)
+
     @property
     def relative_file(self) -> str:
         """The file's path below its sys.path entry, e.g. hypercorn/protocol/h2.py."""
+        from pathlib import PurePath  # deferred: not needed by apply()
+
         depth = self.target.module.count(".")
-        path = Path(self.file)
-        return "/".join(path.parts[-(depth + 1) :])
+        return "/".join(PurePath(self.file).parts[-(depth + 1) :])
 
 
 def get_target(name: object) -> Target:
@@ -132,6 +145,8 @@ def read_source(module: str | None, path: str, advice: str | None = REINSTALL_AD
     ends the message of a SourceUnavailableError.
     """
 
+    from ._limits import MAX_CHARACTERS, check_size  # deferred: apply() reads no file twice
+
     def unavailable(reason: str) -> SourceUnavailableError:
         return SourceUnavailableError(module, path, reason, advice)
 
@@ -161,6 +176,8 @@ def read_source(module: str | None, path: str, advice: str | None = REINSTALL_AD
 def _expect_regular(
     info: os.stat_result, path: str, unavailable: Callable[[str], SourceUnavailableError]
 ) -> None:
+    from ._limits import MAX_CHARACTERS, check_size
+
     if not stat.S_ISREG(info.st_mode):
         kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket",
                  stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}  # fmt: skip

@@ -7,13 +7,15 @@ import libcst; a fix's module is imported only when a rewrite runs.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
 
 from .._errors import ArgumentTypeError, NoFixSelectedError, UnknownFixError
+from .._record import Record, initialise
 
+TYPE_CHECKING = False  # typing is slow to import; only mypy needs it here
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Callable
+
     import libcst as cst
 
     from .._environment import Environment
@@ -23,13 +25,19 @@ if TYPE_CHECKING:
     FixFunction = Callable[[cst.Module, Environment], "tuple[cst.Module, FixOutcome]"]
 
 
-@dataclass(frozen=True)
-class Fix:
+class Fix(Record):
+    """One known fault: its name, what it repairs, and where its code lives."""
+
+    __slots__ = ("description", "module", "name", "upstream")
+
     name: str
     description: str
     upstream: str
     #: Module that defines `fix(tree, environment)`; imported on first use.
     module: str
+
+    def __init__(self, name: str, description: str, upstream: str, module: str) -> None:
+        initialise(self, name, description, upstream, module)
 
     def load(self) -> FixFunction:
         function: FixFunction = importlib.import_module(self.module).fix
