@@ -183,6 +183,21 @@ reset_local_id = replacing(
     )
 )
 
+early_return_guard = replacing(
+    (
+        "        for event in events:\n            if isinstance(event, h2.events.RequestReceived):\n",
+        "        if not events:\n"
+        "            return\n"
+        "        for event in events:\n            if isinstance(event, h2.events.RequestReceived):\n",
+    )
+)
+
+
+def priority_module_aliased(text: str) -> str:
+    text = replace_once(text, "import priority\n", "import priority as prio\n")
+    return re.sub(r"(?<!self\.)\bpriority\.", "prio.", text)
+
+
 # --- the trailers branch's surroundings --------------------------------------------------
 
 
@@ -358,6 +373,16 @@ reset_id_with_side_effect = replacing(
     ),
     (INIT_TAIL, INIT_TAIL + "        self.resets = 0\n"),
 )
+reset_mapped_id = replacing(
+    (
+        RESET_BRANCH,
+        "            elif isinstance(event, h2.events.StreamReset):\n"
+        "                stream_id = self.stream_aliases.get(event.stream_id, event.stream_id)\n"
+        "                await self._close_stream(stream_id)\n"
+        "                await self._window_updated(stream_id)\n",
+    ),
+    (INIT_TAIL, INIT_TAIL + "        self.stream_aliases: Dict[int, int] = {}\n"),
+)
 reset_in_nested_closure = replacing(
     (
         RESET_BRANCH,
@@ -504,6 +529,8 @@ VARIANTS = {
     "match-case-dispatch": Variant(match_case_dispatch, "fix"),
     "elif-as-else-if": Variant(elif_as_else_if, "fix"),
     "reset-id-in-a-local": Variant(reset_local_id, "fix"),
+    "early-return-guard": Variant(early_return_guard, "fix"),
+    "priority-module-aliased": Variant(priority_module_aliased, "fix"),
     # the trailers branch's surroundings
     "trailers-without-try": Variant(trailers_without_try, "refuse"),
     "trailers-except-without-missing-stream": Variant(
@@ -525,6 +552,7 @@ VARIANTS = {
     "reset-id-with-side-effect": Variant(
         reset_id_with_side_effect, "fix|refuse", occurs=(("_handle_events", "_note_reset", 1),)
     ),
+    "reset-mapped-id": Variant(reset_mapped_id, "fix|refuse"),
     "reset-in-nested-closure": Variant(reset_in_nested_closure, "fix|refuse"),
     "receiver-renamed": Variant(
         receiver_renamed, "fix|refuse", occurs=(("_handle_events", "self", 0),)
