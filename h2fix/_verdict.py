@@ -56,6 +56,9 @@ def render(report: Report, stock: Results, repaired: Results | None) -> tuple[li
         lines.append(line)
         if not ok:
             failures.append(outcome.fix)
+    if repaired is None:
+        lines.append("h2fix refused every fix: no repaired server was served to check")
+        return lines, 1
     if failures:
         lines.append(f"NOT every applicable check passes with h2fix: {', '.join(failures)}")
         return lines, 1
