@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from h2fix._probe import CHECKS, Results
+from h2fix._probe import CHECKS, Configs, Results, measure
 from h2fix._results import FixOutcome, Outcome, Report
 from h2fix._verdict import render, usable_fixes
 from support.isolated import run_python
@@ -97,6 +97,24 @@ def test_0160_no_trailers_support() -> None:
         "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
         "every applicable check passes with h2fix",
     ]
+
+
+FIXES = ["trailers", "request_received", "send_state", "closed_stream_data"]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("missing", FIXES)
+def test_each_row_fails_without_its_own_fix_only(missing: str) -> None:
+    """Served repaired with every fix but one: exactly that fix's rows fail (and the
+    send_state row without trailers, which it needs), so no row hides another fault."""
+    with Configs.written() as configs:
+        results = measure("hypercorn", [fix for fix in FIXES if fix != missing], configs)
+    failed = {label for label, passed in results.items() if passed is False}
+    expected = {
+        c.label for c in CHECKS if c.fix == missing or (c.needs_trailers and missing == "trailers")
+    }
+    expected.discard("no DATA after the trailers")  # no trailers arrived: cannot tell
+    assert failed == expected
 
 
 def test_both_columns_start_with_this_process_import_path() -> None:
