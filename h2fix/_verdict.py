@@ -92,8 +92,8 @@ def _fix_line(
         head += "fixed upstream"
     elif kind is Outcome.NOT_NEEDED:
         head += "not needed with this h2"
-    else:  # refused: h2fix changed nothing for it, so say what it found
-        head += f"{kind} by h2fix, not applied ({outcome.message})"
+    else:  # refused: the reason is long (it quotes the code); status prints it
+        head += "refused by h2fix, not applied (`h2fix status` says why)"
     if not checks:
         return head + " (no check here applies: the probe needs trailers support)", True
     if kind in (Outcome.PENDING, Outcome.ALREADY_APPLIED):
@@ -102,7 +102,8 @@ def _fix_line(
             return head + f" ({before}, passes with h2fix)", True
         return head + f", but FAILS with h2fix ({before})", False
     if not as_installed:
-        # h2fix left the code alone because it looked right: the measurement says otherwise.
+        # h2fix left the code alone (it looked right, or h2fix could not prove its
+        # change): the measurement says the fault is there.
         return head + ", but FAILS as installed", False
     if repaired is not None and not with_h2fix:
         return head + " (passes as installed), but FAILS with h2fix", False

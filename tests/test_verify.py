@@ -19,7 +19,7 @@ import pytest
 from h2fix._probe import CHECKS, Configs, Results, measure
 from h2fix._results import FixOutcome, Outcome, Report
 from h2fix._verdict import render, usable_fixes
-from support.isolated import run_python
+from support.isolated import copy_package, run_python
 from support.releases import unpacked
 
 ROWS = [check.label for check in CHECKS]
@@ -117,6 +117,33 @@ def test_each_row_fails_without_its_own_fix_only(missing: str) -> None:
     assert failed == expected
 
 
+@pytest.mark.server
+def test_a_refused_fix_on_real_code_is_exit_1(tmp_path: Path) -> None:
+    """0.17.3 with its trailers call wrapped in `try`: h2fix cannot prove its rewrite
+    there and refuses (send_state too, which finds the trailers' send the same way).
+    The repaired column has the other two fixes; the trailers stay broken and verify
+    says so, claiming no repair."""
+    h2_py = copy_package("hypercorn", tmp_path)
+    call = "                self.connection.send_headers(event.stream_id, event.headers)\n"
+    source = h2_py.read_text()
+    assert source.count(call) == 1
+    wrapped = "                try:\n    " + call + "                except KeyError:\n"
+    h2_py.write_text(source.replace(call, wrapped + "                    pass\n"))
+    result = verify(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = table(result.stdout)
+    assert rows["trailers received"] == rows[MANY] == ["NO", "NO"]
+    assert rows[H2C] == rows[LATE] == ["NO", "yes"]
+    refused = "refused by h2fix, not applied (`h2fix status` says why), but FAILS as installed"
+    assert closing(result.stdout) == [
+        f"trailers: {refused}",
+        "request_received: applied by h2fix (fails as installed, passes with h2fix)",
+        f"send_state: {refused}",
+        "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
+        "NOT every applicable check passes with h2fix: trailers, send_state",
+    ]
+
+
 def test_both_columns_start_with_this_process_import_path() -> None:
     """Both columns import what status() saw here: the same interpreter, and
     sys.path[0] set to this process's (h2fix._launch.command for the repaired one)."""
@@ -168,7 +195,7 @@ def test_a_refused_fix_is_never_called_repaired() -> None:
     lines, code = render(outcomes, stock, repaired)
     assert code == 1
     assert lines[-3:] == [
-        "trailers: refused by h2fix, not applied (what the fix found), but FAILS as installed",
+        "trailers: refused by h2fix, not applied (`h2fix status` says why), but FAILS as installed",
         "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
         "NOT every applicable check passes with h2fix: trailers",
     ]
@@ -180,6 +207,8 @@ def test_every_fix_refused_serves_no_repaired_column() -> None:
     lines, code = render(report(request_received=Outcome.REFUSED), ALL_PASS, None)
     assert code == 1  # nothing ran repaired: verify cannot vouch for h2fix
     assert lines[1].split()[-2:] == ["yes", "refused"]
-    assert lines[-2].startswith("request_received: refused by h2fix, not applied (")
-    assert lines[-2].endswith(" (passes as installed)")
+    assert lines[-2] == (
+        "request_received: refused by h2fix, not applied (`h2fix status` says why)"
+        " (passes as installed)"
+    )
     assert lines[-1] == "h2fix refused every fix: no repaired server was served to check"
