@@ -21,7 +21,9 @@ BODY_SIZE = 100_000  # well beyond the probe's flow-control window: DATA waits b
 WINDOW = 4096
 #: Responses on one connection: past the 1001 send states that end an unfixed one.
 MANY = 1050
-IN_FLIGHT = 50
+#: Streams open at once: the most the probe's server allows (100), less one. Fewer
+#: let the send task keep up, and then trailer responses release their state.
+IN_FLIGHT = 99
 
 
 async def lifespan(receive: Callable[[], Any], send: Callable[..., Any]) -> None:
@@ -41,6 +43,19 @@ async def app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[
         return
     if scope["path"] == "/small":
         await small_response(receive, send)
+        return
+    if scope["path"] == "/wait":
+        # Headers, then nothing until the client gives up (a gRPC deadline or
+        # cancel): the stream is reset with an empty send buffer.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        # Older servers send the headers with the first body message only.
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        # Still busy when the client has gone, as a handler past its deadline is:
+        # the response never completes. (Nothing more arrives: this waits until
+        # the server shuts down.)
+        await receive()
         return
     if scope["path"] == "/plain":
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -340,7 +355,8 @@ TRAILERS_RECEIVED = Check("trailers received", "trailers", True)
 TRAILERS_END_STREAM = Check("END_STREAM on the trailers", "trailers", True)
 NO_DATA_AFTER = Check("no DATA after the trailers", "trailers", True)
 HPACK_IN_SYNC = Check("HPACK in sync (2nd request)", "trailers", True)
-MANY_ON_ONE = Check(f"{MANY:,} trailer responses, 1 conn.", "send_state", True)
+MANY_ON_ONE = Check(f"{MANY:,} trailer responses on 1 conn.", "send_state", True)
+MANY_RESETS = Check(f"{MANY:,} reset streams on 1 conn.", "send_state", False)
 H2C_UPGRADE = Check("h2c Upgrade answered on stream 1", "request_received", False)
 LATE_DATA = Check("late request DATA survived", "closed_stream_data", False)
 CHECKS = (
@@ -349,6 +365,7 @@ CHECKS = (
     NO_DATA_AFTER,
     HPACK_IN_SYNC,
     MANY_ON_ONE,
+    MANY_RESETS,
     H2C_UPGRADE,
     LATE_DATA,
 )
@@ -363,6 +380,8 @@ def probe(port: int) -> dict[str, bool | None]:
     results = trailer_checks(port)
     results[H2C_UPGRADE.label] = h2c_upgrade_answered(port)
     results[LATE_DATA.label] = survives_late_data(port)
+    # Last: on an unfixed server it ends with the connection broken.
+    results[MANY_RESETS.label] = survives_many_resets(port)
     return results
 
 
@@ -410,6 +429,30 @@ def many_trailer_responses(port: int, count: int = MANY, in_flight: int = IN_FLI
                     return False
                 completed += 1
         return True
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def survives_many_resets(port: int, count: int = MANY, batch: int = IN_FLIGHT) -> bool:
+    """`count` requests the client resets after their response headers, `batch` at a
+    time, on one connection; a request after them must still complete. The reset
+    streams' send buffers are empty: an unfixed server keeps their send state for
+    the life of the connection, and the 1001st kills it."""
+    import h2.errors
+
+    client = H2Client(port, timeout=5)
+    try:
+        for first in range(0, count, batch):
+            started = [client.start("/wait", b"", grpc=False) for _ in range(first, count)[:batch]]
+            while not all(client.responses[s].events for s in started):
+                client.receive()
+            for stream_id in started:
+                client.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                del client.responses[stream_id]
+            client.send()
+        return client.call("/plain", b"", grpc=False).body == b"ok"
     except Exception:
         return False
     finally:

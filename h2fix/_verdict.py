@@ -95,7 +95,7 @@ def _fix_line(
     else:  # refused: the reason is long (it quotes the code); status prints it
         head += "refused by h2fix, not applied (`h2fix status` says why)"
     if not checks:
-        return head + " (no check here applies: the probe needs trailers support)", True
+        return head + " (no check applies to this version)", True
     if kind in (Outcome.PENDING, Outcome.ALREADY_APPLIED):
         before = "fails as installed" if not as_installed else "passes as installed too"
         if with_h2fix:

@@ -24,7 +24,7 @@ from support.releases import unpacked
 
 ROWS = [check.label for check in CHECKS]
 TRAILER_ROWS = ROWS[:4]
-MANY, H2C, LATE = ROWS[4:]
+MANY, RESETS, H2C, LATE = ROWS[4:]
 
 
 def verify(path: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -68,8 +68,11 @@ def test_0180_two_fixed_upstream_two_applied() -> None:
     assert result.stdout.startswith("hypercorn 0.18.0:")
     rows = table(result.stdout)
     assert [rows[row] for row in [*TRAILER_ROWS, H2C]] == [["yes", "yes"]] * 5
-    # Unfixed upstream: 1,001 unreleased send states kill the stock trio server.
-    assert rows[MANY] == rows[LATE] == ["NO", "yes"]
+    # Unfixed upstream: 1,001 unreleased send states kill the connection. Reset
+    # streams keep theirs every time; trailer responses only while the server falls
+    # behind its client (the stock column can say yes on a machine busy elsewhere).
+    assert rows[RESETS] == rows[LATE] == ["NO", "yes"]
+    assert rows[MANY][1] == "yes"
     assert closing(result.stdout) == [
         "trailers: fixed upstream (passes as installed)",
         "request_received: fixed upstream (passes as installed)",
@@ -89,11 +92,12 @@ def test_0160_no_trailers_support() -> None:
     rows = table(result.stdout)
     # The probe's responses end with trailers: nothing of those rows can apply here.
     assert [rows[row] for row in [*TRAILER_ROWS, MANY]] == [["n/a", "n/a"]] * 5
-    assert rows[H2C] == rows[LATE] == ["NO", "yes"]
+    # send_state still matters: for reset streams.
+    assert rows[RESETS] == rows[H2C] == rows[LATE] == ["NO", "yes"]
     assert closing(result.stdout) == [
         "trailers: not applicable (this version has no trailers support)",
         "request_received: applied by h2fix (fails as installed, passes with h2fix)",
-        "send_state: applied by h2fix (no check here applies: the probe needs trailers support)",
+        "send_state: applied by h2fix (fails as installed, passes with h2fix)",
         "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
         "every applicable check passes with h2fix",
     ]
@@ -114,7 +118,9 @@ def test_each_row_fails_without_its_own_fix_only(missing: str) -> None:
         c.label for c in CHECKS if c.fix == missing or (c.needs_trailers and missing == "trailers")
     }
     expected.discard("no DATA after the trailers")  # no trailers arrived: cannot tell
-    assert failed == expected
+    # Only under steady load (see test_0180_...): the server may keep up on a busy machine.
+    surely = expected - ({MANY} if missing == "send_state" else set())
+    assert surely <= failed <= expected
 
 
 @pytest.mark.server
@@ -132,7 +138,7 @@ def test_a_refused_fix_on_real_code_is_exit_1(tmp_path: Path) -> None:
     result = verify(tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     rows = table(result.stdout)
-    assert rows["trailers received"] == rows[MANY] == ["NO", "NO"]
+    assert rows["trailers received"] == rows[MANY] == rows[RESETS] == ["NO", "NO"]
     assert rows[H2C] == rows[LATE] == ["NO", "yes"]
     refused = "refused by h2fix, not applied (`h2fix status` says why), but FAILS as installed"
     assert closing(result.stdout) == [
