@@ -1,7 +1,10 @@
-"""`h2fix verify`: serve a gRPC-style app with the installed server and read its frames.
+"""`h2fix verify`: serve a probe app with the installed server and read its frames.
 
-Runs the server twice, as installed and through `h2fix run`, and checks what
-an HTTP/2 client (the h2 library) receives from each.
+The probe app answers gRPC-style (a message, then trailers) and has a few paths
+for the other faults. `verify` serves it as installed and repaired through
+h2fix's launcher, runs one check per row (each on a connection of its own) with
+the h2 library as the client, and hands the results to `_verdict`. The client
+and the serving helpers are shared with the tests.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ async def lifespan(receive: Callable[[], Any], send: Callable[..., Any]) -> None
 
 
 async def app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[..., Any]) -> None:
-    """One gRPC-style response to any request: a large message, then trailers."""
+    """A gRPC-style response (a large message, then trailers) to any other path."""
     if scope["type"] == "lifespan":
         await lifespan(receive, send)
         return
