@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, TextIO, Union
 
+from ._errors import H2FixError
+
 BODY_SIZE = 100_000  # well beyond the probe's flow-control window: DATA waits buffered
 WINDOW = 4096
 #: Responses on one connection: past the 1001 send states that end an unfixed one.
@@ -137,11 +139,15 @@ class H2Client:
         self.responses: dict[int, Response] = {}
         #: parent stream id -> ids of the streams the server pushed with it
         self.pushed: dict[int, list[int]] = {}
-        if upgrade_path is None:
-            self.conn.initiate_connection()
-        else:
-            self._upgrade(upgrade_path)
-        self.sock.sendall(self.conn.data_to_send())
+        try:
+            if upgrade_path is None:
+                self.conn.initiate_connection()
+            else:
+                self._upgrade(upgrade_path)
+            self.sock.sendall(self.conn.data_to_send())
+        except BaseException:
+            self.sock.close()  # no client to close it: the caller gets only the error
+            raise
 
     def _upgrade(self, path: str) -> None:
         settings = self.conn.initiate_upgrade_connection() or b""
@@ -264,6 +270,29 @@ def free_port() -> int:
         return port
 
 
+def _shown(command: Sequence[str]) -> str:
+    # Without the bootstrap code of `python -c`: its lines say nothing here.
+    return " ".join(part for part in command if "\n" not in part)
+
+
+class ServerExitedError(H2FixError, RuntimeError):
+    def __init__(self, command: Sequence[str], port: int, code: int, stderr: str) -> None:
+        self.command, self.port, self.code = list(command), port, code
+        super().__init__(
+            f"expected the server to listen on 127.0.0.1:{port}, but it exited with code "
+            f"{code} first ({_shown(command)}): {stderr.strip()[-2000:] or 'no output'}"
+        )
+
+
+class ServerTimeoutError(H2FixError, TimeoutError):
+    def __init__(self, command: Sequence[str], port: int, timeout: float) -> None:
+        self.command, self.port, self.timeout = list(command), port, timeout
+        super().__init__(
+            f"expected the server to listen on 127.0.0.1:{port} within {timeout:g}s, "
+            f"found nothing listening ({_shown(command)})"
+        )
+
+
 @contextlib.contextmanager
 def serving(
     command: Sequence[str],
@@ -289,11 +318,11 @@ def serving(
         while True:
             if process.poll() is not None:
                 error = process.stderr.read().decode() if process.stderr else "(see its log)"
-                raise RuntimeError(f"{command[2:4]} exited early: {error.strip()[-2000:]}")
+                raise ServerExitedError(command, port, process.returncode, error)
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listened on 127.0.0.1:{port} in {timeout}s")
+                raise ServerTimeoutError(command, port, timeout)
             time.sleep(0.05)
         yield process
     finally:
