@@ -1,7 +1,10 @@
-"""`h2fix verify`: serve a gRPC-style app with the installed server and read its frames.
+"""`h2fix verify`: serve a probe app with the installed server and read its frames.
 
-Runs the server twice, as installed and through `h2fix run`, and checks what
-an HTTP/2 client (the h2 library) receives from each.
+The probe app answers gRPC-style (a message, then trailers) and has a few paths
+for the other faults. `verify` serves it as installed and repaired through
+h2fix's launcher, runs one check per row (each on a connection of its own) with
+the h2 library as the client, and hands the results to `_verdict`. The client
+and the serving helpers are shared with the tests.
 """
 
 from __future__ import annotations
@@ -15,10 +18,17 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, TextIO
+from typing import Any, BinaryIO, Callable, TextIO, Union
+
+from ._errors import H2FixError
 
 BODY_SIZE = 100_000  # well beyond the probe's flow-control window: DATA waits buffered
 WINDOW = 4096
+#: Responses on one connection: past the 1001 send states that end an unfixed one.
+MANY = 1050
+#: Streams open at once: the most the probe's server allows (100), less one. Fewer
+#: let the send task keep up, and then trailer responses release their state.
+IN_FLIGHT = 99
 
 
 async def lifespan(receive: Callable[[], Any], send: Callable[..., Any]) -> None:
@@ -32,9 +42,29 @@ async def lifespan(receive: Callable[[], Any], send: Callable[..., Any]) -> None
 
 
 async def app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[..., Any]) -> None:
-    """One gRPC-style response to any request: a large message, then trailers."""
+    """A gRPC-style response (a large message, then trailers) to any other path."""
     if scope["type"] == "lifespan":
         await lifespan(receive, send)
+        return
+    if scope["path"] == "/small":
+        await small_response(receive, send)
+        return
+    if scope["path"] == "/wait":
+        # Headers, then nothing until the client gives up (a gRPC deadline or
+        # cancel): the stream is reset with an empty send buffer.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        # Older servers send the headers with the first body message only.
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        # Still busy when the client has gone, as a handler past its deadline is:
+        # the response never completes. (Nothing more arrives: this waits until
+        # the server shuts down.)
+        await receive()
+        return
+    if scope["path"] == "/plain":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
         return
     if scope["path"] == "/early":
         # Answered before the body is read, as a size limit or an auth check would.
@@ -49,6 +79,16 @@ async def app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[
     await send({"type": "http.response.body", "body": message})
     trailers = [(b"grpc-status", b"0"), (b"grpc-message", b"OK")]
     await send({"type": "http.response.trailers", "headers": trailers})
+
+
+async def small_response(receive: Callable[[], Any], send: Callable[..., Any]) -> None:
+    """A few bytes, then trailers: many of these on one connection stay quick."""
+    while (await receive()).get("more_body"):
+        pass
+    start = {"type": "http.response.start", "status": 200, "trailers": True}
+    await send({**start, "headers": [(b"content-type", b"application/grpc")]})
+    await send({"type": "http.response.body", "body": b"\x00\x00\x00\x00\x02ok"})
+    await send({"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")]})
 
 
 @dataclass
@@ -71,9 +111,20 @@ class Response:
 
 
 class H2Client:
-    """Prior-knowledge h2c over a socket, with a small window opened only as data is read."""
+    """h2c over a socket, with a small window opened only as data is read.
 
-    def __init__(self, port: int, window: int = WINDOW, timeout: float = 20) -> None:
+    Prior knowledge, or with `upgrade_path` an HTTP/1.1 GET of that path with
+    `Upgrade: h2c` (RFC 7540 section 3.2), whose response comes on stream 1.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        window: int = WINDOW,
+        timeout: float = 20,
+        *,
+        upgrade_path: str | None = None,
+    ) -> None:
         import h2.config
         import h2.connection
         import h2.settings
@@ -85,11 +136,40 @@ class H2Client:
         self.conn.local_settings = h2.settings.Settings(
             client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
         )
-        self.conn.initiate_connection()
-        self.sock.sendall(self.conn.data_to_send())
         self.responses: dict[int, Response] = {}
         #: parent stream id -> ids of the streams the server pushed with it
         self.pushed: dict[int, list[int]] = {}
+        try:
+            if upgrade_path is None:
+                self.conn.initiate_connection()
+            else:
+                self._upgrade(upgrade_path)
+            self.sock.sendall(self.conn.data_to_send())
+        except BaseException:
+            self.sock.close()  # no client to close it: the caller gets only the error
+            raise
+
+    def _upgrade(self, path: str) -> None:
+        settings = self.conn.initiate_upgrade_connection() or b""
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            f"HTTP2-Settings: {settings.decode()}\r\n\r\n"
+        )
+        self.sock.sendall(request.encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection before answering")
+            received += data
+        head, _, rest = received.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n")[0].decode("latin-1")
+        if status.split()[1:2] != ["101"]:
+            raise ConnectionError(f"expected 101 Switching Protocols, got {status!r}")
+        self.responses[1] = Response()  # the upgraded request itself
+        for event in self.conn.receive_data(rest):
+            self._record(event)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -115,13 +195,17 @@ class H2Client:
 
     def wait(self, *stream_ids: int) -> list[Response]:
         while not all(self.responses[s].done for s in stream_ids):
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("the server closed the connection")
-            for event in self.conn.receive_data(data):
-                self._record(event)
-            self.sock.sendall(self.conn.data_to_send())
+            self.receive()
         return [self.responses[s] for s in stream_ids]
+
+    def receive(self) -> None:
+        """Read once (waiting up to the timeout) and record what arrived."""
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        for event in self.conn.receive_data(data):
+            self._record(event)
+        self.sock.sendall(self.conn.data_to_send())
 
     def pump(self, seconds: float) -> None:
         """Read and record whatever arrives for `seconds`, completing nothing in particular."""
@@ -186,6 +270,29 @@ def free_port() -> int:
         return port
 
 
+def _shown(command: Sequence[str]) -> str:
+    # Without the bootstrap code of `python -c`: its lines say nothing here.
+    return " ".join(part for part in command if "\n" not in part)
+
+
+class ServerExitedError(H2FixError, RuntimeError):
+    def __init__(self, command: Sequence[str], port: int, code: int, stderr: str) -> None:
+        self.command, self.port, self.code = list(command), port, code
+        super().__init__(
+            f"expected the server to listen on 127.0.0.1:{port}, but it exited with code "
+            f"{code} first ({_shown(command)}): {stderr.strip()[-2000:] or 'no output'}"
+        )
+
+
+class ServerTimeoutError(H2FixError, TimeoutError):
+    def __init__(self, command: Sequence[str], port: int, timeout: float) -> None:
+        self.command, self.port, self.timeout = list(command), port, timeout
+        super().__init__(
+            f"expected the server to listen on 127.0.0.1:{port} within {timeout:g}s, "
+            f"found nothing listening ({_shown(command)})"
+        )
+
+
 @contextlib.contextmanager
 def serving(
     command: Sequence[str],
@@ -211,11 +318,11 @@ def serving(
         while True:
             if process.poll() is not None:
                 error = process.stderr.read().decode() if process.stderr else "(see its log)"
-                raise RuntimeError(f"{command[2:4]} exited early: {error.strip()[-2000:]}")
+                raise ServerExitedError(command, port, process.returncode, error)
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listened on 127.0.0.1:{port} in {timeout}s")
+                raise ServerTimeoutError(command, port, timeout)
             time.sleep(0.05)
         yield process
     finally:
@@ -231,40 +338,173 @@ def serving(
             process.stderr.close()
 
 
-def server_command(target: str, port: int, fixed: bool, app: str = "h2fix._probe:app") -> list[str]:
-    serve = ["-m", "h2fix._launch", target] if fixed else ["-m", target]
-    return [sys.executable, *serve, app, "--bind", f"127.0.0.1:{port}"]
+#: Runs the stock server's `__main__` as `python -m` would, but with sys.path[0]
+#: set as for the repaired one (h2fix._launch.command does the same): both columns
+#: import the same code, whatever directory verify runs in.
+STOCK_BOOTSTRAP = """\
+import sys
+path0 = sys.argv.pop(1)
+if not getattr(sys.flags, "safe_path", False):
+    sys.path[0] = path0
+sys.argv[0] = sys.argv.pop(1)
+import runpy
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def path0() -> str:
+    """This process's first import location, so the servers see what status() saw."""
+    if getattr(sys.flags, "safe_path", False) or not sys.path:
+        return os.path.dirname(sys.executable)  # where a console script would start
+    return sys.path[0]
+
+
+def server_command(
+    target: str, server_args: Sequence[str], fixes: Sequence[str] | None
+) -> list[str]:
+    """The stock server (`fixes` None) or the one repaired with `fixes` (never empty)."""
+    if fixes is None:
+        return [sys.executable, "-c", STOCK_BOOTSTRAP, path0(), target, *server_args]
+    from ._launch import command  # not at import: the probe app's workers need none of it
+
+    return command(path0(), target, fixes, server_args)
 
 
 # --- verify --------------------------------------------------------------------
 
+
+@dataclass(frozen=True)
+class Check:
+    """One row of `h2fix verify`: what is measured, and the fix for its fault."""
+
+    label: str
+    fix: str
+    #: The probe's responses end with trailers: meaningless on a server without them.
+    needs_trailers: bool
+
+
+TRAILERS_RECEIVED = Check("trailers received", "trailers", True)
+TRAILERS_END_STREAM = Check("END_STREAM on the trailers", "trailers", True)
+NO_DATA_AFTER = Check("no DATA after the trailers", "trailers", True)
+HPACK_IN_SYNC = Check("HPACK in sync (2nd request)", "trailers", True)
+MANY_ON_ONE = Check(f"{MANY:,} trailer responses on 1 conn.", "send_state", True)
+MANY_RESETS = Check(f"{MANY:,} reset streams on 1 conn.", "send_state", False)
+H2C_UPGRADE = Check("h2c Upgrade answered on stream 1", "request_received", False)
+LATE_DATA = Check("late request DATA survived", "closed_stream_data", False)
 CHECKS = (
-    "trailers received",
-    "END_STREAM on the trailers",
-    "no DATA after the trailers",
-    "HPACK in sync (2nd request)",
-    "late request DATA survived",
+    TRAILERS_RECEIVED,
+    TRAILERS_END_STREAM,
+    NO_DATA_AFTER,
+    HPACK_IN_SYNC,
+    MANY_ON_ONE,
+    MANY_RESETS,
+    H2C_UPGRADE,
+    LATE_DATA,
 )
+
+#: Row label -> passed, failed, or None where the check could not tell.
+Results = Mapping[str, Union[bool, None]]
 
 
 def probe(port: int) -> dict[str, bool | None]:
-    """Two requests on one connection; None where a check does not apply."""
-    results: dict[str, bool | None] = dict.fromkeys(CHECKS, False)
+    """Every check but MANY_ON_ONE, each fault on a connection of its own so one
+    cannot spoil another."""
+    results = trailer_checks(port)
+    results[H2C_UPGRADE.label] = h2c_upgrade_answered(port)
+    results[LATE_DATA.label] = survives_late_data(port)
+    # Last: on an unfixed server it ends with the connection broken.
+    results[MANY_RESETS.label] = survives_many_resets(port)
+    return results
+
+
+def many_on_one(port: int) -> dict[str, bool | None]:
+    return {MANY_ON_ONE.label: many_trailer_responses(port)}
+
+
+def trailer_checks(port: int) -> dict[str, bool | None]:
+    """Two requests on one connection, each a large message then trailers."""
+    labels = (TRAILERS_RECEIVED, TRAILERS_END_STREAM, NO_DATA_AFTER, HPACK_IN_SYNC)
+    results: dict[str, bool | None] = {check.label: False for check in labels}
     client = H2Client(port, timeout=10)
     try:
         first = client.call("/probe", b"")
         got = "trailers" in first.events
-        results[CHECKS[0]] = got and first.trailers.get(b"grpc-status") == b"0"
-        results[CHECKS[1]] = first.trailers_ended_stream
-        results[CHECKS[2]] = (not first.data_after_trailers) if got else None
+        results[TRAILERS_RECEIVED.label] = got and first.trailers.get(b"grpc-status") == b"0"
+        results[TRAILERS_END_STREAM.label] = first.trailers_ended_stream
+        results[NO_DATA_AFTER.label] = (not first.data_after_trailers) if got else None
         second = client.call("/probe", b"")
-        results[CHECKS[3]] = "trailers" in second.events
+        results[HPACK_IN_SYNC.label] = "trailers" in second.events
     except Exception:
-        pass
+        pass  # the connection broke: what was not recorded failed
     finally:
         client.close()
-    results[CHECKS[4]] = survives_late_data(port)
     return results
+
+
+def many_trailer_responses(port: int, count: int = MANY, in_flight: int = IN_FLIGHT) -> bool:
+    """`count` small responses ending with trailers, `in_flight` at a time, on one
+    connection. New streams keep arriving while earlier ones end, which is when an
+    unfixed server keeps every finished stream's send state (1001 kill the connection)."""
+    client = H2Client(port, timeout=10)
+    try:
+        running: set[int] = set()
+        started = completed = 0
+        while completed < count:
+            while started < count and len(running) < in_flight:
+                running.add(client.start("/small", b""))
+                started += 1
+            client.receive()
+            for stream_id in [s for s in running if client.responses[s].done]:
+                running.discard(stream_id)
+                response = client.responses.pop(stream_id)
+                if not response.trailers_ended_stream or "reset" in response.events:
+                    return False
+                completed += 1
+        return True
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def survives_many_resets(port: int, count: int = MANY, batch: int = IN_FLIGHT) -> bool:
+    """`count` requests the client resets after their response headers, `batch` at a
+    time, on one connection; a request after them must still complete. The reset
+    streams' send buffers are empty: an unfixed server keeps their send state for
+    the life of the connection, and the 1001st kills it."""
+    import h2.errors
+
+    client = H2Client(port, timeout=5)
+    try:
+        for first in range(0, count, batch):
+            started = [client.start("/wait", b"", grpc=False) for _ in range(first, count)[:batch]]
+            while not all(client.responses[s].events for s in started):
+                client.receive()
+            for stream_id in started:
+                client.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                del client.responses[stream_id]
+            client.send()
+        return client.call("/plain", b"", grpc=False).body == b"ok"
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def h2c_upgrade_answered(port: int) -> bool:
+    """An HTTP/1.1 request asking to upgrade to h2c: `101 Switching Protocols`, then
+    its response on stream 1 (the server builds a RequestReceived event for it)."""
+    try:
+        client = H2Client(port, timeout=5, upgrade_path="/plain")
+    except Exception:
+        return False
+    try:
+        [response] = client.wait(1)
+        return response.headers.get(b":status") == b"200" and response.body == b"ok"
+    except Exception:
+        return False
+    finally:
+        client.close()
 
 
 def survives_late_data(port: int) -> bool:
@@ -287,21 +527,65 @@ def survives_late_data(port: int) -> bool:
         client.close()
 
 
-def verify(target: str, out: TextIO) -> int:
-    columns = {"without fix": False, "with h2fix": True}
-    results = {}
-    for label, fixed in columns.items():
+#: Hypercorn closes an HTTP/2 connection after keep_alive_max_requests (1000)
+#: requests, which would end MANY_ON_ONE early on any server.
+CONFIG = "keep_alive_max_requests = 100000\n"
+#: Under the asyncio worker the send task usually gets back to a finished stream
+#: between requests from one client; under trio it falls behind (as it does under
+#: real load), so the unreleased send state shows within 1,050 responses. An
+#: unfixed trio server dies of it: MANY_ON_ONE gets a server of its own.
+TRIO_CONFIG = CONFIG + 'worker_class = "trio"\n'
+
+
+@dataclass(frozen=True)
+class Configs:
+    """The servers' configuration files, in a temporary directory verify removes."""
+
+    default: str
+    #: None when trio is not installed: MANY_ON_ONE then runs on the default worker.
+    trio: str | None
+
+    @classmethod
+    @contextlib.contextmanager
+    def written(cls) -> Iterator[Configs]:
+        import importlib.util
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="h2fix-verify-") as folder:
+            paths = []
+            for name, text in (("default.toml", CONFIG), ("trio.toml", TRIO_CONFIG)):
+                paths.append(os.path.join(folder, name))
+                with open(paths[-1], "w", encoding="utf-8") as file:
+                    file.write(text)
+            has_trio = importlib.util.find_spec("trio") is not None
+            yield cls(paths[0], paths[1] if has_trio else None)
+
+
+def measure(target: str, fixes: Sequence[str] | None, configs: Configs) -> dict[str, bool | None]:
+    """Serve the probe app (stock when `fixes` is None) and run every check on it."""
+
+    def serve(config: str, check: Callable[[int], dict[str, bool | None]]) -> None:
         port = free_port()
-        with serving(server_command(target, port, fixed), port):
-            results[label] = probe(port)
-    width = max(map(len, CHECKS)) + 2
-    words = {True: "yes", False: "NO", None: "n/a"}
-    header = f"{target + ':':<{width}}" + "".join(f"{c:<14}" for c in columns)
-    print(header.rstrip(), file=out)
-    for check in CHECKS:
-        row = "".join(f"{words[results[label][check]]:<14}" for label in columns)
-        print(f"{check:<{width}}{row}".rstrip(), file=out)
-    fixed_ok = all(results["with h2fix"].values())
-    verdict = "correct" if fixed_ok else "NOT correct"
-    print(f"the server repaired by h2fix is {verdict}", file=out)
-    return 0 if fixed_ok else 1
+        server_args = ["h2fix._probe:app", "--bind", f"127.0.0.1:{port}", "--config", config]
+        with serving(server_command(target, server_args, fixes), port):
+            results.update(check(port))
+
+    results: dict[str, bool | None] = {}
+    serve(configs.default, probe)
+    serve(configs.trio or configs.default, many_on_one)
+    return results
+
+
+def verify(target: str, out: TextIO) -> int:
+    """Measure the server as installed and as h2fix repairs it; print rows and a verdict."""
+    from ._runtime import status
+    from ._verdict import render, usable_fixes
+
+    report = status(target)
+    fixes = usable_fixes(report)
+    with Configs.written() as configs:
+        stock = measure(target, None, configs)
+        repaired = measure(target, fixes, configs) if fixes else None
+    lines, code = render(report, stock, repaired)
+    print("\n".join(lines), file=out)
+    return code
