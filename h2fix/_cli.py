@@ -6,7 +6,7 @@ Exit codes, per command (an error is one line on stderr, never a traceback):
     check       0 no fix needed, 1 a fix would be applied, 2 an error
     status      0 printed, 2 an error or a fix refused the code
     list-fixes  0
-    verify      0 the repaired server is correct, 1 it is not, 2 an error
+    verify      0 every check that applies passes with h2fix, 1 one does not, 2 an error
     vendor      0 the copy was written and checked, 2 refused or failed
     warm        0 the start-up cache holds the installed target's entry, 2 an error
     run         the server's own exit code; 2 when h2fix refuses to start it
@@ -96,7 +96,7 @@ EXIT_CODES = {
     "check": "0 no fix needed, 1 a fix would be applied, 2 an error",
     "status": "0 printed, 2 an error or a fix refused the code",
     "list-fixes": "0",
-    "verify": "0 the repaired server is correct, 1 it is not, 2 an error",
+    "verify": "0 every check that applies passes with h2fix, 1 one does not, 2 an error",
     "vendor": "0 the copy was written and checked, 2 refused or failed",
     "warm": "0 the start-up cache holds the installed target's entry, 2 an error",
     "run": "the server's own exit code; 2 when h2fix refuses to start it",

@@ -327,6 +327,7 @@ class _Proof:
             for name, nodes in self.bindings.items()
             if len(nodes) == 1 and isinstance(nodes[0], cst.ClassDef)
         }
+        self._assignments: dict[int, dict[str, list[tuple[bool, cst.BaseExpression]]]] = {}
 
     def plan(self) -> _Plan:
         cls, method = self.method_of_module_class()
@@ -781,7 +782,14 @@ class _Proof:
         self, cls: cst.ClassDef, attribute: str
     ) -> list[tuple[bool, cst.BaseExpression]]:
         """Values assigned to `self.<attribute>` (False) or `self.<attribute>[...]` (True)."""
-        values: list[tuple[bool, cst.BaseExpression]] = []
+        if id(cls) not in self._assignments:  # one walk of the family serves every attribute
+            self._assignments[id(cls)] = self._assignments_in(cls)
+        return self._assignments[id(cls)].get(attribute, [])
+
+    def _assignments_in(
+        self, cls: cst.ClassDef
+    ) -> dict[str, list[tuple[bool, cst.BaseExpression]]]:
+        table: dict[str, list[tuple[bool, cst.BaseExpression]]] = {}
         for member in self.family(cls):
             for method in class_methods(member).values():
                 receiver = first_parameter(method)
@@ -795,12 +803,15 @@ class _Proof:
                     elif isinstance(node, (cst.AnnAssign, cst.AugAssign)):
                         targets, value = [node.target], node.value
                     for target in targets:
-                        if self_attribute(target, receiver) == attribute:
-                            values.append((False, value or cst.Name("None")))
+                        attribute = self_attribute(target, receiver)
+                        if attribute is not None:
+                            table.setdefault(attribute, []).append(
+                                (False, value or cst.Name("None"))
+                            )
                         item = _self_item(target, receiver)
-                        if item is not None and item[0] == attribute and value is not None:
-                            values.append((True, value))
-        return values
+                        if item is not None and value is not None:
+                            table.setdefault(item[0], []).append((True, value))
+        return table
 
     def module_class_of(self, value: cst.BaseExpression) -> cst.ClassDef | None:
         """The module's own class that `value` constructs, if it visibly does."""
