@@ -22,6 +22,7 @@ from h2fix._probe import H2Client, Response
 from support.isolated import copy_package
 from support.releases import unpacked
 from support.servers import WITH_FIX, serving
+from support.versions import needs_anycorn, needs_hypercorn_018
 
 pytestmark = pytest.mark.server
 
@@ -192,7 +193,10 @@ def test_grpc_client_stream_refused_early_spares_the_other_calls(
 
 @pytest.mark.parametrize(
     "server",
-    ["anycorn-0.18.7", pytest.param("hypercorn-0.18.0", marks=pytest.mark.network)],
+    [
+        pytest.param("anycorn-0.18.7", marks=needs_anycorn),
+        pytest.param("hypercorn-0.18.0", marks=[pytest.mark.network, needs_hypercorn_018]),
+    ],
 )
 def test_other_releases_survive_and_acknowledge(tmp_path: Path, server: str) -> None:
     """The installed anycorn and Hypercorn 0.18.0 (from its wheel, first on the path)."""

@@ -9,6 +9,7 @@ import pytest
 
 import h2fix
 from h2fix import Outcome, UnrecognisedStructureError
+from support.versions import rows
 
 INIT = """\
 self.connection = h2.connection.H2Connection(config=None)
@@ -380,7 +381,7 @@ REFUSED = {
 }
 
 
-@pytest.mark.parametrize(("source", "expected"), REFUSED.values(), ids=REFUSED.keys())
+@pytest.mark.parametrize(("source", "expected"), rows(REFUSED, match_statement={"match-case"}))
 def test_refused(source: str, expected: str) -> None:
     cst.parse_module(source)  # every case is valid Python: refused for its shape only
     with pytest.raises(UnrecognisedStructureError) as caught:

@@ -13,6 +13,7 @@ import h2fix
 from h2fix import Outcome, UnrecognisedStructureError
 from h2fix._environment import H2_KEYWORD_EVENTS
 from support.releases import h2_source
+from support.versions import rows
 
 BUFFER_CLASS = """\
 class StreamBuffer:
@@ -248,7 +249,9 @@ REWRITES = {
 }
 
 
-@pytest.mark.parametrize(("before", "after", "functions"), REWRITES.values(), ids=REWRITES.keys())
+@pytest.mark.parametrize(
+    ("before", "after", "functions"), rows(REWRITES, match_statement={"match-case"})
+)
 def test_rewrites(before: dict[str, str], after: dict[str, str], functions: tuple[str]) -> None:
     expected = module(**after)
     cst.parse_module(expected)
@@ -368,14 +371,13 @@ REFUSALS = {
         {"reset_kind": "h2.events.Other"},
         "one `if isinstance(<event>, StreamReset):` branch",
     ),
-    "reset-in-sync-method": (
-        {"events": "def _handle_events(self, events):"},
-        "in an `async def` method",
-    ),
 }
 
 
-@pytest.mark.parametrize(("parts", "expected"), REFUSALS.values(), ids=REFUSALS.keys())
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    rows(REFUSALS, match_statement={"guarded-case", "case-shared-with-others"}),
+)
 def test_refusals(parts: dict[str, str], expected: str) -> None:
     source = module(**parts)
     cst.parse_module(source)

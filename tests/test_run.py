@@ -21,6 +21,7 @@ import pytest
 
 from h2fix._probe import H2Client, Response, free_port, serving
 from support.grpc_app import frame, unframe
+from support.versions import needs_anycorn
 
 pytestmark = pytest.mark.server
 
@@ -112,7 +113,9 @@ def info_lines(log: Path, count: int) -> list[str]:
     [
         pytest.param([str(BIN / "hypercorn")], id="this-environment's-hypercorn"),
         pytest.param([sys.executable, "-m", "hypercorn"], id="python-m-hypercorn"),
-        pytest.param([str(BIN / "python3"), "-m", "anycorn"], id="python3-m-anycorn"),
+        pytest.param(
+            [str(BIN / "python3"), "-m", "anycorn"], id="python3-m-anycorn", marks=needs_anycorn
+        ),
     ],
 )
 def test_runs_the_server_of_this_environment(tmp_path: Path, server: list[str]) -> None:

@@ -24,6 +24,7 @@ from h2fix import Outcome
 from support.isolated import copy_package, run_python
 from support.releases import unpacked
 from support.servers import serving
+from support.versions import needs_hypercorn_018, needs_patchy
 
 TIMEOUT = 20
 FUTURE_IMPORT = "from __future__ import annotations\n"
@@ -306,6 +307,7 @@ def stream_send() -> Any:
     return H2Protocol.__dict__["stream_send"]
 
 
+@needs_patchy
 def test_code_replaced_in_place_is_noticed() -> None:
     """patchy assigns __code__ on h2fix's own function object: status(), apply() and
     revert() must see it, not claim "already applied" or drop the other patch."""
@@ -421,6 +423,7 @@ def test_one_info_line_when_fixes_are_applied(caplog: pytest.LogCaptureFixture) 
     ]
 
 
+@needs_hypercorn_018
 def test_nothing_at_info_when_nothing_changes() -> None:
     result = run_python(
         """

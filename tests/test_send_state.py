@@ -27,18 +27,23 @@ import pytest
 from h2fix._probe import H2Client
 from support.releases import unpacked
 from support.servers import WITH_FIX, running_server
+from support.versions import needs_anycorn, needs_hypercorn_018
 
 pytestmark = pytest.mark.server
 
 IN_FLIGHT = 50
-SERVERS = [("hypercorn", "asyncio"), ("hypercorn", "trio"), ("anycorn", "trio")]
+SERVERS = [
+    pytest.param(("hypercorn", "asyncio"), id="hypercorn-asyncio"),
+    pytest.param(("hypercorn", "trio"), id="hypercorn-trio"),
+    pytest.param(("anycorn", "trio"), id="anycorn-trio", marks=needs_anycorn),
+]
 KEEP_ALIVE = ["--keep-alive-max-requests", "1000000"]
 # What an open connection may hold once its calls are done: nothing, or (for the
 # connection asking) its own /debug request.
 IDLE = {(0, 0), (1, 1)}
 
 
-@pytest.fixture(params=SERVERS, ids=["-".join(server) for server in SERVERS])
+@pytest.fixture(params=SERVERS)
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Any]]:
     target, worker_class = request.param
     extra = ["--inspect", *KEEP_ALIVE]
@@ -128,6 +133,7 @@ def test_without_send_state_the_trio_server_dies(tmp_path: Path) -> None:
 
 
 @pytest.mark.network
+@needs_hypercorn_018
 def test_stock_hypercorn_018_under_trio(tmp_path: Path) -> None:
     """Hypercorn 0.18.0 as released has the fault too; with h2fix it serves the load."""
     site = unpacked("hypercorn", "0.18.0")

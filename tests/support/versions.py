@@ -9,6 +9,8 @@ same packages out below 3.10 with environment markers.
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
+from typing import Any
 
 import pytest
 
@@ -27,3 +29,11 @@ needs_match_statement = pytest.mark.skipif(
 needs_patchy = pytest.mark.skipif(
     BEFORE_310, reason="patchy >= 3.1 requires Python >= 3.10, so it is not installed here"
 )
+
+
+def rows(table: dict[str, tuple[Any, ...]], *, match_statement: Collection[str] = ()) -> list[Any]:
+    """A table's rows as named parameters; those written with `match` skip before 3.10."""
+    return [
+        pytest.param(*row, id=name, marks=needs_match_statement if name in match_statement else ())
+        for name, row in table.items()
+    ]
