@@ -10,9 +10,10 @@ Every variant is a small anchored edit of the real Hypercorn 0.17.3 protocol/h2.
 
 The one rule checked: never a silent wrong patch. So whatever the verdict, every variant
 h2fix rewrites is also served with h2fix.apply() by a real Hypercorn (trio worker) and
-driven by a real grpcio client: 1,200 unary calls, 50 in flight, on one channel (at 1001
-leaked priority nodes the trio server dies), then calls the client cancels or lets expire
-(the reset half), then the state each open connection still holds.
+driven by a real grpcio client on one channel: calls the client cancels or lets expire (the
+reset half), then unary calls with 50 in flight, each phase followed by reading the send state
+each open connection still holds (a leak shows there long before the 1001 leaked priority
+nodes that kill a trio server; tests/test_send_state.py drives that overflow itself).
 """
 
 from __future__ import annotations
