@@ -91,12 +91,14 @@ END_OF_BODY = (
 FIXED_SEND = SEND.replace("event.headers)", "event.headers, end_stream=True)")
 FIXED_BRANCH = TRAILERS_BRANCH.replace(SEND, STEPS + FIXED_SEND)
 DISPATCH_START = (
-    "        try:\n            if isinstance(event, (InformationalResponse, Response)):\n"
+    "        try:\n"
+    "            if isinstance(event, (InformationalResponse, Response)):\n"
 )
 INIT_END = "        self.stream_buffers: Dict[int, StreamBuffer] = {}\n"
 STREAM_SEND_DEF = "    async def stream_send(self, event: StreamEvent) -> None:\n"
 NEW_BUFFER = (
-    "        self.stream_buffers[request.stream_id] = StreamBuffer(self.context.event_class)\n"
+    "        self.stream_buffers[request.stream_id] = StreamBuffer(self.context.event_class)"
+    "\n"
 )
 CLASS_LINE = "class H2Protocol:\n"
 INITIATE_DEF = "    async def initiate(\n"
@@ -499,10 +501,9 @@ def after_return(live_branch: str, helper: str = "") -> Edit:
 
 class_not_exported = chain(
     edits((CLASS_LINE, "class H2ProtocolV1:\n")),
-    lambda text: (
-        text + "\n\n# The protocol moved to h2_impl; H2ProtocolV1 is kept for reference.\n"
-        "from .h2_impl import H2Protocol  # noqa: E402\n"
-    ),
+    lambda text: text
+    + "\n\n# The protocol moved to h2_impl; H2ProtocolV1 is kept for reference.\n"
+    "from .h2_impl import H2Protocol  # noqa: E402\n",
 )
 
 
