@@ -315,3 +315,19 @@ def jump_before(path: Sequence[cst.CSTNode], start: int = 0) -> cst.CSTNode | No
             ):
                 return statement
     return None
+
+
+def binds_to(bindings: dict[str, list[cst.CSTNode]], name: str, classes: set[str]) -> bool:
+    """The module binds `name` once, to one of `classes`: that class itself, or
+    `name = <class>`."""
+    found = bindings.get(name, [])
+    if len(found) != 1:
+        return False
+    [binding] = found
+    if isinstance(binding, cst.ClassDef):
+        return identifier(binding.name) in classes
+    return (
+        isinstance(binding, cst.Assign)
+        and len(binding.targets) == 1
+        and dotted(binding.value) in classes
+    )

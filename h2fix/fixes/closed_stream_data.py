@@ -48,6 +48,7 @@ from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
 from ._syntax import (
     base_classes,
+    binds_to,
     bound_names,
     class_names,
     constructs,
@@ -291,21 +292,15 @@ class _Proof:
         """The class the package serves (`H2Protocol`, which hypercorn.protocol and
         anycorn.protocol import) is this class or a subclass of it."""
         name = identifier(cls.name)
-        expected = f"{_SERVED} (the class the server imports) to be {name} or a subclass of it"
-        bindings = self.bindings.get(_SERVED, [])
-        if len(bindings) != 1:
-            raise _Refusal(expected, f"{len(bindings)} bindings of {_SERVED} in the module")
-        [binding] = bindings
         family = {name, *(identifier(sub.name) for sub in subclasses(self.classes, cls))}
-        if isinstance(binding, cst.ClassDef) and identifier(binding.name) in family:
-            return
-        if (
-            isinstance(binding, cst.Assign)
-            and len(binding.targets) == 1
-            and dotted(binding.value) in family
-        ):
-            return
-        raise _Refusal(expected, self.module.code_for_node(binding).strip())
+        if not binds_to(self.bindings, _SERVED, family):
+            bindings = self.bindings.get(_SERVED, [])
+            raise _Refusal(
+                f"{_SERVED} (the class the server imports) to be {name} or a subclass of it",
+                self.module.code_for_node(bindings[0]).strip()
+                if len(bindings) == 1
+                else f"{len(bindings)} bindings of {_SERVED} in the module",
+            )
 
     def branch_is_reachable(self, branch: _Branch, method: cst.FunctionDef) -> None:
         path = [*branch.ancestors, branch.node]
