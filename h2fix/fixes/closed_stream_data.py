@@ -61,6 +61,7 @@ from ._syntax import (
     method_call,
     module_bindings,
     module_classes,
+    module_statements,
     self_attribute,
     statement_expression,
     subclasses,
@@ -187,6 +188,10 @@ class _Proof:
         self.module = module
         self.bindings = module_bindings(module)
         self.classes = module_classes(module)
+        # Classes the module defines where it runs (not those local to a function).
+        self.every_class = [s for s in module_statements(module) if isinstance(s, cst.ClassDef)]
+        # Walking a class's methods is the costly part: once per class.
+        self._assigned: dict[int, list[tuple[str, cst.BaseExpression]]] = {}
 
     def guard(self, branch: _Branch) -> _Guard | None:
         """What to guard in `branch`, or None when every lookup is already guarded."""
@@ -279,9 +284,7 @@ class _Proof:
         # then the server could run that one, and this branch would be dead.
         name = identifier(method.name)
         owners = [
-            identifier(other.name)
-            for other in walk(self.module)
-            if isinstance(other, cst.ClassDef) and name in class_names(other)
+            identifier(other.name) for other in self.every_class if name in class_names(other)
         ]
         if owners != [identifier(cls.name)]:
             raise _Refusal(
@@ -430,10 +433,13 @@ class _Proof:
         """The values assigned to `self.<attribute>` in the methods of the class, its
         bases and its subclasses in the module (the instance may be any of them)."""
         family = [cls, *base_classes(self.classes, cls), *subclasses(self.classes, cls)]
+        for member in family:
+            if id(member) not in self._assigned:
+                self._assigned[id(member)] = list(_self_assignments(member))
         return [
             value
             for member in family
-            for found, value in _self_assignments(member)
+            for found, value in self._assigned[id(member)]
             if found == attribute
         ]
 
@@ -463,9 +469,17 @@ def _guarded_body(guard: _Guard) -> cst.IndentedBlock:
 class _Replace(cst.CSTTransformer):
     """Swaps branch bodies (by identity) for their guarded versions."""
 
-    def __init__(self, replacements: dict[int, cst.IndentedBlock]) -> None:
+    def __init__(
+        self, replacements: dict[int, cst.IndentedBlock], paths: Sequence[cst.CSTNode]
+    ) -> None:
         super().__init__()
         self.replacements = replacements
+        # Only the nodes that lead to a replaced body are entered: the rest of the
+        # module is kept as it is, object for object, without visiting it.
+        self.on_paths = {id(node) for node in paths}
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        return id(node) in self.on_paths
 
     def leave_IndentedBlock(
         self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
@@ -727,6 +741,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
         )
     proof = _Proof(tree)
     guards: dict[int, _Guard] = {}
+    paths: list[cst.CSTNode] = []
     changed: set[str] = set()
     for branch in branches:
         try:
@@ -737,6 +752,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
             ) from None
         if guard is not None:
             guards[id(guard.body)] = guard
+            paths += [*branch.ancestors, branch.node]
             changed.add(branch.event)
     if not changed:
         return tree, FixOutcome(
@@ -746,7 +762,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
         )
     replacements = {key: _guarded_body(guard) for key, guard in guards.items()}
     events = [event for event in CLIENT_HALF_EVENTS if event in changed]
-    return tree.visit(_Replace(replacements)), FixOutcome(
+    return tree.visit(_Replace(replacements, paths)), FixOutcome(
         NAME,
         Outcome.REWRITTEN,
         f"{dispatch.where} now skips {', '.join(events)} for a stream it already "
