@@ -60,6 +60,12 @@ elif isinstance(event, h2.events.StreamEnded):
 """
 
 
+# `from h2.connection import H2Connection` instead of `import h2.connection`.
+FROM_IMPORT = ("import h2.connection\n", "from h2.connection import H2Connection\n")
+FROM_INIT = INIT.replace("h2.connection.H2Connection", "H2Connection")
+FULLWIDTH_SELF = ("_handle_events(self", "_handle_events(\uff53elf")
+
+
 def module(*branches: str, init: str = INIT, receiver: str = "self", after: str = "") -> str:
     """A protocol class in Hypercorn's shape whose `_handle_events` dispatches to `branches`."""
     chain = "if isinstance(event, h2.events.RequestReceived):\n    await self._create(event)\n"
@@ -152,8 +158,25 @@ REWRITES = {
         ),
     ),
     "dict-built-with-dict-call": (
-        module(DATA_0_17, init="self.connection = H2Connection()\nself.streams = dict()\n"),
-        module(DATA_FIXED, init="self.connection = H2Connection()\nself.streams = dict()\n"),
+        module(DATA_0_17, init=INIT.replace("{}", "dict()")),
+        module(DATA_FIXED, init=INIT.replace("{}", "dict()")),
+    ),
+    "connection-class-imported-by-name": (
+        module(DATA_0_17, init=FROM_INIT).replace(*FROM_IMPORT),
+        module(DATA_FIXED, init=FROM_INIT).replace(*FROM_IMPORT),
+    ),
+    # Python reads identifiers NFKC-normalised: a fullwidth letter names the same thing.
+    "fullwidth-receiver": (
+        module(DATA_0_17, ENDED_0_16).replace(*FULLWIDTH_SELF),
+        module(DATA_FIXED, ENDED_FIXED).replace(*FULLWIDTH_SELF),
+    ),
+    "fullwidth-key-and-acknowledgement": (
+        module(DATA_0_17.replace(".stream_id].", ".\uff53tream_id].").replace(".ac", ".\uff41c")),
+        module(
+            DATA_FIXED.replace("event.stream_id in", "event.\uff53tream_id in")
+            .replace(".stream_id].", ".\uff53tream_id].")
+            .replace(".ac", ".\uff41c")
+        ),
     ),
     "attributes-assigned-in-the-method": (
         module(
@@ -192,6 +215,18 @@ def test_hypercorn_0_16_names_both_events() -> None:
     assert "DataReceived, StreamEnded" in outcome.message
 
 
+def test_served_through_a_subclass_rewrites_the_base() -> None:
+    """`H2Protocol` may derive from the class holding the dispatch: that method is the one run."""
+    served = "\n\nclass H2Protocol(Base):\n    pass\n"
+    before = module(DATA_0_17).replace("class H2Protocol:", "class Base:") + served
+    after = module(DATA_FIXED).replace("class H2Protocol:", "class Base:") + served
+    result = rewrite(before)
+    assert result.source == after
+    [outcome] = result.outcomes
+    assert outcome.outcome is Outcome.REWRITTEN
+    assert outcome.functions == ("Base._handle_events",)
+
+
 # Left alone byte for byte: already guarded, with the DATA still acknowledged.
 FIXED_UPSTREAM = {
     "anycorn-0.20-get": module(
@@ -213,6 +248,13 @@ FIXED_UPSTREAM = {
         "        pass\n"
         "    self.connection.acknowledge_received_data(event.flow_controlled_length, 1)\n",
         ENDED_0_17,
+    ),
+    "fullwidth-membership-test": module(
+        DATA_FIXED.replace("event.stream_id in self", "event.\uff53tream_id in \uff53elf"),
+        ENDED_FIXED.replace("in self.streams", "in self.\uff53treams"),
+    ),
+    "fullwidth-except": module(
+        DATA_FIXED, ENDED_0_17.replace("except KeyError", "except \uff2beyError")
     ),
     "suppress-lookup-error": module(
         "elif isinstance(event, h2.events.DataReceived):\n"
@@ -332,7 +374,89 @@ REFUSED = {
         module(_data(HANDLE + ACK)).replace(
             "    async def _handle_events", "    @staticmethod\n    async def _handle_events"
         ),
-        "a method with a `self` parameter",
+        "an undecorated method",
+    ),
+    # The function the server runs: one plain method, of the class it serves, reachable.
+    "decorated-method": (
+        module(_data(HANDLE + ACK)).replace(
+            "    async def _handle_events", "    @traced\n    async def _handle_events"
+        ),
+        "an undecorated method",
+    ),
+    "method-rebound-by-assignment": (
+        module(_data(HANDLE + ACK), after="_handle_events = _replay\n"),
+        "one definition of _handle_events in its class",
+    ),
+    "class-name-rebound": (
+        module(_data(HANDLE + ACK)) + "\n\nH2Protocol = Wrapped(H2Protocol)\n",
+        "one definition of class H2Protocol in the module",
+    ),
+    "class-under-an-if": (
+        "if True:\n" + textwrap.indent(module(_data(HANDLE + ACK)), "    "),
+        "the class at the top level of the module",
+    ),
+    "served-class-is-another": (
+        module(_data(HANDLE + ACK)).replace("class H2Protocol:", "class Legacy:")
+        + "\n\nclass H2Protocol:\n    pass\n",
+        "H2Protocol (the class the server imports) to be Legacy or a subclass of it",
+    ),
+    "no-served-class": (
+        module(_data(HANDLE + ACK)).replace("class H2Protocol:", "class Legacy:"),
+        "H2Protocol (the class the server imports) to be Legacy or a subclass of it",
+    ),
+    "return-before-the-dispatch": (
+        module(_data(HANDLE + ACK)).replace(
+            "        for event in events:\n", "        return\n        for event in events:\n"
+        ),
+        "the branch reachable",
+    ),
+    "earlier-arm-is-no-class-test": (
+        module(_data(HANDLE + ACK)).replace(
+            "if isinstance(event, h2.events.RequestReceived):", "if event.stream_id % 2 == 0:"
+        ),
+        "only isinstance(event, ...) tests before the DataReceived branch",
+    ),
+    "earlier-arm-in-an-else": (
+        module(_data(HANDLE + ACK))
+        .replace(
+            "            elif isinstance(event, h2.events.DataReceived):\n",
+            "            elif event.stream_id == 0:\n                pass\n"
+            "            else:\n                if isinstance(event, h2.events.DataReceived):\n",
+        )
+        .replace(
+            "                " + HANDLE + "                " + ACK + "            elif",
+            "                    " + HANDLE + "                    " + ACK + "                elif",
+        )
+        .replace("                await self._update", "                    await self._update"),
+        "only isinstance(event, ...) tests before the DataReceived branch",
+    ),
+    # The objects the guard acts on, seen through every spelling and every class.
+    "self-rebound-fullwidth": (
+        module(_data("\uff53elf = pool.pick()\n" + HANDLE + ACK)),
+        "`self` never rebound in _handle_events",
+    ),
+    "streams-reassigned-fullwidth": (
+        module(_data(HANDLE + ACK), after="def load(self):\n    \uff53elf.streams = Registry()\n"),
+        "assigned only `{}` or `dict()`",
+    ),
+    "streams-assigned-in-a-tuple": (
+        module(_data(HANDLE + ACK), after="def load(self):\n    self.streams, self.n = r, 0\n"),
+        "assigned only `{}` or `dict()`",
+    ),
+    "streams-reassigned-in-a-subclass": (
+        module(_data(HANDLE + ACK))
+        + "\n\nclass Sub(H2Protocol):\n    def reset(self):\n        self.streams = Registry()\n",
+        "assigned only `{}` or `dict()`",
+    ),
+    "connection-class-not-imported": (
+        module(_data(HANDLE + ACK), init=FROM_INIT),
+        "an h2 H2Connection",
+    ),
+    "connection-class-imported-from-elsewhere": (
+        module(_data(HANDLE + ACK), init=FROM_INIT).replace(
+            "import h2.connection\n", "from proxy import H2Connection\n"
+        ),
+        "an h2 H2Connection",
     ),
     "end-in-another-method": (
         module(

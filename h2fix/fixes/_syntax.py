@@ -241,3 +241,93 @@ def imports_name(node: cst.CSTNode | None, module: str, name: str, bound: str) -
     if dotted(node.module) != module or isinstance(node.names, cst.ImportStar):
         return False
     return any(dotted(alias.name) == name and imported_as(alias) == bound for alias in node.names)
+
+
+def module_classes(module: cst.Module) -> dict[str, cst.ClassDef]:
+    """The module's classes whose name nothing else in the module binds (so: which run)."""
+    return {
+        name: nodes[0]
+        for name, nodes in module_bindings(module).items()
+        if len(nodes) == 1 and isinstance(nodes[0], cst.ClassDef)
+    }
+
+
+def subclasses(classes: dict[str, cst.ClassDef], cls: cst.ClassDef) -> list[cst.ClassDef]:
+    """The classes of `classes` that derive from `cls`, directly or through one another."""
+    found: list[cst.ClassDef] = []
+    names = {identifier(cls.name)}
+    grew = True
+    while grew:
+        grew = False
+        for name, candidate in classes.items():
+            if candidate is cls or candidate in found:
+                continue
+            if any((dotted(base.value) or "") in names for base in candidate.bases):
+                found.append(candidate)
+                names.add(name)
+                grew = True
+    return found
+
+
+def base_classes(classes: dict[str, cst.ClassDef], cls: cst.ClassDef) -> list[cst.ClassDef]:
+    """The classes of `classes` that `cls` derives from, directly or through one another."""
+    found: list[cst.ClassDef] = []
+    pending = [cls]
+    while pending:
+        for base in pending.pop().bases:
+            shown = classes.get(dotted(base.value) or "")
+            if shown is not None and shown is not cls and shown not in found:
+                found.append(shown)
+                pending.append(shown)
+    return found
+
+
+def constructs(
+    bindings: dict[str, list[cst.CSTNode]], value: cst.BaseExpression, module: str, name: str
+) -> bool:
+    """`value` calls the class `<module>.<name>`, as the module's own imports show:
+    `pkg.mod.Name(...)` under a plain `import pkg...`, or `Name(...)` under
+    `from pkg.mod import Name`, with nothing else binding that name."""
+    if not isinstance(value, cst.Call):
+        return False
+    called = dotted(value.func)
+    if called == f"{module}.{name}":
+        package = module.split(".")[0]
+        return all(imports_package(node, package) for node in bindings.get(package, [None]))
+    if called is not None and "." not in called:
+        found = bindings.get(called, [])
+        return len(found) == 1 and imports_name(found[0], module, name, called)
+    return False
+
+
+def jump_before(path: Sequence[cst.CSTNode], start: int = 0) -> cst.CSTNode | None:
+    """A return, raise, break or continue that always runs before the last node of `path`
+    (a chain of parent to child from `path[start]` down), if any: after it, that node is dead."""
+    for parent, child in zip(path[start:], path[start + 1 :]):
+        if not isinstance(parent, cst.IndentedBlock):
+            continue
+        for statement in parent.body:
+            if statement is child:
+                break
+            if isinstance(statement, cst.SimpleStatementLine) and any(
+                isinstance(small, (cst.Return, cst.Raise, cst.Continue, cst.Break))
+                for small in statement.body
+            ):
+                return statement
+    return None
+
+
+def binds_to(bindings: dict[str, list[cst.CSTNode]], name: str, classes: set[str]) -> bool:
+    """The module binds `name` once, to one of `classes`: that class itself, or
+    `name = <class>`."""
+    found = bindings.get(name, [])
+    if len(found) != 1:
+        return False
+    [binding] = found
+    if isinstance(binding, cst.ClassDef):
+        return identifier(binding.name) in classes
+    return (
+        isinstance(binding, cst.Assign)
+        and len(binding.targets) == 1
+        and dotted(binding.value) in classes
+    )

@@ -23,20 +23,50 @@ it stalls every upload on the connection after 64 KiB of discarded DATA.
 No RST_STREAM is sent: a stream leaves `self.streams` as soon as the app's last
 body chunk has been drained, which can be before the sending task has ended it
 in h2, and a reset then would cut the response short.
+
+The fix reads as: find the branches for the client's events, prove every
+assumption the guard makes (each check of `_Proof` raises with what it expected
+and what it found), then rewrite. The proof shows the function the server runs
+(a plain method of the module-level class `H2Protocol` is or derives from,
+defined once, not overridden, its branch reachable and first in its dispatch),
+the object the guard tests (`self.<streams>`, a plain dict wherever the class
+family assigns it, `self` never rebound), the value it repeats (the key, a name
+or attribute chain), and the call that must still run (the acknowledgement, on
+h2's `H2Connection`). Names are compared as Python compares them (NFKC).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn, Union
+from typing import Union
 
 import libcst as cst
 
 from .._environment import Environment
 from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
-from ._scopes import ScopeTracker, self_name
+from ._syntax import (
+    base_classes,
+    binds_to,
+    bound_names,
+    class_names,
+    constructs,
+    dotted,
+    first_parameter,
+    identifier,
+    is_pure,
+    jump_before,
+    keyword,
+    method_call,
+    module_bindings,
+    module_classes,
+    module_statements,
+    self_attribute,
+    statement_expression,
+    subclasses,
+    walk,
+)
 
 NAME = "closed_stream_data"
 
@@ -47,382 +77,540 @@ CLIENT_HALF_EVENTS = (DATA, "StreamEnded", "TrailersReceived")
 _ACKNOWLEDGE = "acknowledge_received_data"
 #: Exceptions whose handler already keeps a missing stream from escaping.
 _CATCHES_KEY_ERROR = ("KeyError", "LookupError", "Exception", "BaseException")
+#: The protocol class both servers' packages import from protocol/h2.py.
+_SERVED = "H2Protocol"
 
 _Lookup = Union[cst.Subscript, cst.Call]
 
 
-@dataclass
+class _Refusal(Exception):
+    """A proof obligation failed: what was expected, and what was found instead."""
+
+    def __init__(self, expected: str, found: str = "") -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.found = found
+
+
+# --- find ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class _Branch:
-    """One `if isinstance(<event>, <client-half event>):` branch."""
+    """One `if isinstance(<event>, <client-half event>):` branch and what encloses it."""
 
     event: str
-    where: str
-    method: cst.FunctionDef
-    code: str
-    changed: bool = False
+    node: cst.If
+    #: From the module down to the branch's parent.
+    ancestors: tuple[cst.CSTNode, ...]
+
+    @property
+    def where(self) -> str:
+        return _where(self.ancestors)
+
+    @property
+    def method(self) -> cst.FunctionDef | None:
+        functions = [n for n in self.ancestors if isinstance(n, cst.FunctionDef)]
+        return functions[-1] if functions else None
+
+    @property
+    def subject(self) -> str | None:
+        test = self.node.test
+        assert isinstance(test, cst.Call)
+        return dotted(test.args[0].value)
 
 
-@dataclass
-class _Guards:
-    """What encloses a node inside the branch: handlers that swallow a KeyError,
-    and `<key> in <dict>` tests (as code) whose body it is in."""
+class _Finder(cst.CSTVisitor):
+    """Collects every branch for one client-half event; refuses shapes it cannot guard."""
 
-    catches: bool = False
-    memberships: frozenset[tuple[str, str]] = field(default_factory=frozenset)
-
-
-class _Transformer(ScopeTracker):
     def __init__(self, module: cst.Module) -> None:
         super().__init__()
         self.module = module
         self.branches: list[_Branch] = []
-        # Walking a class's methods is the costly part: once per class.
-        self._assignments: dict[int, dict[str, list[cst.BaseExpression]]] = {}
-        self._rebound: dict[int, bool] = {}
+        self._stack: list[cst.CSTNode] = []
 
-    def _assigned(self, cls: cst.ClassDef) -> dict[str, list[cst.BaseExpression]]:
-        if id(cls) not in self._assignments:
-            self._assignments[id(cls)] = _self_assignments(cls)
-        return self._assignments[id(cls)]
-
-    def leave_If(self, original_node: cst.If, updated_node: cst.If) -> cst.If:
-        event = self._event_class(original_node.test)
-        if event is None:
-            return updated_node
-        body = self._fixed_body(event, updated_node)
-        return updated_node if body is None else updated_node.with_changes(body=body)
-
-    def leave_MatchCase(
-        self, original_node: cst.MatchCase, updated_node: cst.MatchCase
-    ) -> cst.MatchCase:
-        if _names_any(original_node.pattern, CLIENT_HALF_EVENTS):
-            self._refuse(
-                "`if isinstance(<event>, <h2 event>):` branches (not match/case)", original_node
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.If):
+            event = self._event_class(node.test)
+            if event is not None:
+                self.branches.append(_Branch(event, node, tuple(self._stack)))
+        elif isinstance(node, cst.MatchCase) and _names_any(node.pattern, CLIENT_HALF_EVENTS):
+            raise UnrecognisedStructureError(
+                NAME,
+                _where(self._stack),
+                "`if isinstance(<event>, <h2 event>):` branches (not match/case)",
+                self.module.code_for_node(node).strip("\n"),
             )
-        return updated_node
+        self._stack.append(node)
+        return True
 
-    # --- which branch ------------------------------------------------------
+    def on_leave(self, original_node: cst.CSTNode) -> None:
+        self._stack.pop()
 
     def _event_class(self, test: cst.BaseExpression) -> str | None:
         """The client-half event a test selects alone; refuses a test that shares it."""
-        if not (isinstance(test, cst.Call) and _dotted(test.func) == "isinstance"):
+        if not (isinstance(test, cst.Call) and dotted(test.func) == "isinstance"):
             return None
         if len(test.args) != 2 or any(arg.keyword or arg.star for arg in test.args):
             return None
         classes = test.args[1].value
         if isinstance(classes, cst.Tuple):
             if _names_any(classes, CLIENT_HALF_EVENTS):
-                self._refuse_test(test)
+                raise UnrecognisedStructureError(
+                    NAME,
+                    _where(self._stack),
+                    "a branch for one h2 event class (a shared branch cannot be guarded "
+                    "for one of them)",
+                    self.module.code_for_node(test),
+                )
             return None
-        name = _last_name(classes)
+        name = _class_name(classes)
         return name if name in CLIENT_HALF_EVENTS else None
 
-    def _refuse_test(self, test: cst.Call) -> NoReturn:
-        raise UnrecognisedStructureError(
-            NAME,
-            self.where,
-            "a branch for one h2 event class (a shared branch cannot be guarded for one of them)",
-            self.module.code_for_node(test),
-        )
 
-    # --- the rewrite -------------------------------------------------------
+# --- prove -----------------------------------------------------------------------
 
-    def _fixed_body(self, event: str, branch: cst.If) -> cst.BaseSuite | None:
-        method, receiver = self._method(branch)
-        record = _Branch(event, self.where, method, self._code(branch))
-        self.branches.append(record)
-        body = branch.body
-        if not isinstance(body, cst.IndentedBlock):
-            self._refuse("the branch body on its own lines", branch)
-        cls = self.cls
-        assert cls is not None  # _method() checked
-        lookups = list(_lookups(body, receiver, _Guards()))
-        if not lookups:
-            self._refuse(
-                f"the branch to look the stream up itself (`{receiver}.<streams>[...]`)", branch
-            )
+
+@dataclass(frozen=True)
+class _Guard:
+    """What the rewrite needs for one branch, each part proven."""
+
+    body: cst.IndentedBlock
+    index: int
+    lookup: cst.Subscript
+    key: cst.BaseExpression
+
+
+class _Proof:
+    """The proof obligations for the client-half branches of one dispatch."""
+
+    def __init__(self, module: cst.Module) -> None:
+        self.module = module
+        self.bindings = module_bindings(module)
+        self.classes = module_classes(module)
+        # Classes the module defines where it runs (not those local to a function).
+        self.every_class = [s for s in module_statements(module) if isinstance(s, cst.ClassDef)]
+        # Walking a class's methods is the costly part: once per class.
+        self._assigned: dict[int, list[tuple[str, cst.BaseExpression]]] = {}
+
+    def guard(self, branch: _Branch) -> _Guard | None:
+        """What to guard in `branch`, or None when every lookup is already guarded."""
+        cls, method = self.method_of_module_class(branch)
+        self.undecorated(method)
+        receiver = self.receiver(method)
+        self.class_defined_once(cls)
+        self.method_defined_once(cls, method)
+        self.not_overridden(cls, method)
+        self.served_class_uses_it(cls)
+        self.branch_is_reachable(branch, method)
+        self.first_arm_for_the_event(branch)
+        body = self.body_on_own_lines(branch)
+        lookups = self.looks_the_stream_up(body, receiver)
         for node, _ in lookups:
-            self._check_dict(_dict_attr(node), cls, branch)
-        if event == DATA:
-            self._check_acknowledgement(body, receiver, _subject(branch), cls, branch)
+            self.streams_is_a_dict(cls, _dict_attribute(node, receiver))
+        if branch.event == DATA:
+            self.acknowledged_on_h2_connection(cls, body, receiver, branch.subject or "<event>")
         unguarded = [node for node, guarded in lookups if not guarded]
         if not unguarded:
             return None  # fixed upstream: leave it byte for byte
-        if len(unguarded) > 1 or not isinstance(unguarded[0], cst.Subscript):
-            self._refuse("one unguarded `<self>.<streams>[<key>]` lookup", branch)
-        lookup = unguarded[0]
-        index = self._statement_of(body, lookup, branch)
-        statement = body.body[index]
-        assert isinstance(statement, cst.SimpleStatementLine)
-        key = _key(lookup)
-        if key is None:
-            self._refuse(
-                "the key as a name or attribute chain (it is evaluated twice)",
-                branch,
-            )
-        guard = cst.If(
-            test=cst.Comparison(
-                left=key.deep_clone(),
-                comparisons=[
-                    cst.ComparisonTarget(operator=cst.In(), comparator=lookup.value.deep_clone())
-                ],
-            ),
-            body=cst.IndentedBlock(body=[statement.with_changes(leading_lines=())]),
-            leading_lines=statement.leading_lines,
-        )
-        statements = list(body.body)
-        statements[index] = guard
-        record.changed = True
-        return body.with_changes(body=statements)
+        lookup = self.one_unguarded_subscript(unguarded)
+        index = self.lookup_is_a_statement(body, lookup)
+        key = self.key_is_pure(lookup)
+        return _Guard(body, index, lookup, key)
 
-    def _statement_of(self, body: cst.IndentedBlock, lookup: cst.Subscript, branch: cst.If) -> int:
+    # Each check: one obligation, its refusal beside it.
+
+    def method_of_module_class(self, branch: _Branch) -> tuple[cst.ClassDef, cst.FunctionDef]:
+        """The branch is directly in a method (the guard tests that method's `self`), of a
+        class directly in the module (the one module-level name the server can reach)."""
+        ancestors = branch.ancestors
+        scopes = [
+            i for i, n in enumerate(ancestors) if isinstance(n, (cst.ClassDef, cst.FunctionDef))
+        ]
+        if (
+            len(scopes) < 2
+            or not isinstance(ancestors[scopes[-1]], cst.FunctionDef)
+            or not isinstance(ancestors[scopes[-2]], cst.ClassDef)
+            or scopes[-1] != scopes[-2] + 2  # the def directly in the class body
+        ):
+            raise _Refusal("the branch directly inside a method of a class")
+        cls, method = ancestors[scopes[-2]], ancestors[scopes[-1]]
+        assert isinstance(cls, cst.ClassDef)
+        assert isinstance(method, cst.FunctionDef)
+        if scopes[-2] != 1 or not isinstance(ancestors[0], cst.Module):
+            raise _Refusal("the class at the top level of the module")
+        return cls, method
+
+    def undecorated(self, method: cst.FunctionDef) -> None:
+        if method.decorators:
+            raise _Refusal(
+                "an undecorated method (a decorator may make its first parameter something "
+                "other than the protocol object, or replace the method)",
+                f"@{self.module.code_for_node(method.decorators[0].decorator)}",
+            )
+
+    def receiver(self, method: cst.FunctionDef) -> str:
+        receiver = first_parameter(method)
+        if receiver is None:
+            raise _Refusal("a method with a `self` parameter")
+        if receiver in bound_names(method.body):
+            raise _Refusal(
+                f"`{receiver}` never rebound in {identifier(method.name)} (it names the "
+                "protocol object whose streams the guard tests)",
+                f"an assignment to {receiver} in {identifier(method.name)}",
+            )
+        return receiver
+
+    def class_defined_once(self, cls: cst.ClassDef) -> None:
+        name = identifier(cls.name)
+        if self.classes.get(name) is not cls:
+            raise _Refusal(
+                f"one definition of class {name} in the module (with two, which one runs "
+                "depends on how the module executes)",
+                f"class {name} bound {len(self.bindings.get(name, []))} times",
+            )
+
+    def method_defined_once(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
+        name = identifier(method.name)
+        count = list(class_names(cls)).count(name)
+        if count != 1:
+            raise _Refusal(
+                f"one definition of {name} in its class (another one may be the one that runs)",
+                f"{name} bound {count} times in class {identifier(cls.name)}",
+            )
+
+    def not_overridden(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
+        # Another class with a method of that name may be a subclass that overrides it:
+        # then the server could run that one, and this branch would be dead.
+        name = identifier(method.name)
+        owners = [
+            identifier(other.name) for other in self.every_class if name in class_names(other)
+        ]
+        if owners != [identifier(cls.name)]:
+            raise _Refusal(
+                f"{name} defined in one class of the module", f"defined in {', '.join(owners)}"
+            )
+
+    def served_class_uses_it(self, cls: cst.ClassDef) -> None:
+        """The class the package serves (`H2Protocol`, which hypercorn.protocol and
+        anycorn.protocol import) is this class or a subclass of it."""
+        name = identifier(cls.name)
+        family = {name, *(identifier(sub.name) for sub in subclasses(self.classes, cls))}
+        if not binds_to(self.bindings, _SERVED, family):
+            bindings = self.bindings.get(_SERVED, [])
+            raise _Refusal(
+                f"{_SERVED} (the class the server imports) to be {name} or a subclass of it",
+                self.module.code_for_node(bindings[0]).strip()
+                if len(bindings) == 1
+                else f"{len(bindings)} bindings of {_SERVED} in the module",
+            )
+
+    def branch_is_reachable(self, branch: _Branch, method: cst.FunctionDef) -> None:
+        path = [*branch.ancestors, branch.node]
+        jump = jump_before(path, path.index(method))
+        if jump is not None:
+            raise _Refusal(
+                "the branch reachable: no return, raise, break or continue before it",
+                self.module.code_for_node(jump).strip(),
+            )
+
+    def first_arm_for_the_event(self, branch: _Branch) -> None:
+        """Every earlier arm of the if/elif chain tests the event's class, so none of them
+        can take this event first (the rewrite would then guard code that never runs)."""
+        subject = branch.subject
+        for arm in _earlier_arms(branch):
+            test = arm.test
+            if not (
+                subject is not None
+                and isinstance(test, cst.Call)
+                and dotted(test.func) == "isinstance"
+                and len(test.args) == 2
+                and dotted(test.args[0].value) == subject
+            ):
+                raise _Refusal(
+                    f"only isinstance({subject}, ...) tests before the {branch.event} branch "
+                    "(anything else may take the event first)",
+                    self.module.code_for_node(test),
+                )
+
+    def body_on_own_lines(self, branch: _Branch) -> cst.IndentedBlock:
+        body = branch.node.body
+        if not isinstance(body, cst.IndentedBlock):
+            raise _Refusal("the branch body on its own lines")
+        return body
+
+    def looks_the_stream_up(
+        self, body: cst.IndentedBlock, receiver: str
+    ) -> list[tuple[_Lookup, bool]]:
+        lookups = list(_lookups(body, receiver, _Enclosing()))
+        if not lookups:
+            raise _Refusal(f"the branch to look the stream up itself (`{receiver}.<streams>[...]`)")
+        return lookups
+
+    def streams_is_a_dict(self, cls: cst.ClassDef, attribute: str) -> None:
+        """`self.<attribute>` is a dict wherever the class, its bases and subclasses in the
+        module assign it, so `key in` it is True exactly when the lookup does not raise."""
+        values = self.assignments(cls, attribute)
+        if not values or not all(_is_empty_dict(value) for value in values):
+            found = ", ".join(self.module.code_for_node(v) for v in values) or "no assignment"
+            raise _Refusal(
+                f"`self.{attribute}` assigned only `{{}}` or `dict()` in class "
+                f"{identifier(cls.name)}",
+                f"self.{attribute} = {found}",
+            )
+
+    def acknowledged_on_h2_connection(
+        self, cls: cst.ClassDef, body: cst.IndentedBlock, receiver: str, subject: str
+    ) -> None:
+        """The DATA branch acknowledges the bytes on h2's connection, whatever the lookup does."""
+        for statement in body.body:
+            expression = statement_expression(statement)
+            call = method_call(expression) if expression is not None else None
+            if call is None:
+                if _leaves_early(statement):
+                    # e.g. `if <key> not in self.streams: continue`: it skips the
+                    # acknowledgement for exactly the DATA this fix is about.
+                    raise _Refusal(
+                        f"no continue/break/return/raise before {_ACKNOWLEDGE} in the "
+                        "DataReceived branch (the discarded bytes must be acknowledged too)"
+                    )
+                continue
+            owner, name, node = call
+            if name != _ACKNOWLEDGE:
+                continue
+            attribute = self_attribute(owner, receiver)
+            if attribute is None:
+                break
+            values = self.assignments(cls, attribute)
+            if len(values) != 1 or not constructs(
+                self.bindings, values[0], "h2.connection", "H2Connection"
+            ):
+                raise _Refusal(
+                    f"`self.{attribute}` assigned once, an h2 H2Connection "
+                    "(h2.connection.H2Connection(...) as the module imports it)",
+                    "; ".join(self.module.code_for_node(v) for v in values)
+                    or f"no assignment to self.{attribute}",
+                )
+            size = _argument(node, 0, "acknowledged_size")
+            if size is None or dotted(size) != f"{subject}.flow_controlled_length":
+                raise _Refusal(f"{_ACKNOWLEDGE}({subject}.flow_controlled_length, ...)")
+            return
+        raise _Refusal(
+            f"`{receiver}.<connection>.{_ACKNOWLEDGE}(...)` as a statement directly in the "
+            "DataReceived branch, so that it runs for a stream that is gone too "
+            "(the connection's receive window stalls otherwise)"
+        )
+
+    def one_unguarded_subscript(self, unguarded: list[_Lookup]) -> cst.Subscript:
+        lookup = unguarded[0]
+        if len(unguarded) > 1 or not isinstance(lookup, cst.Subscript):
+            raise _Refusal("one unguarded `<self>.<streams>[<key>]` lookup")
+        return lookup
+
+    def lookup_is_a_statement(self, body: cst.IndentedBlock, lookup: cst.Subscript) -> int:
         """The index of the statement `[await] <lookup>.<method>(...)` directly in the branch.
 
         In that shape the lookup is the first thing the statement evaluates, so a
         membership test right before it sees the same dict with nothing in between.
         """
-        found = [index for index, statement in enumerate(body.body) if _looks_up(statement, lookup)]
-        if not found:
-            self._refuse(
-                "the stream lookup as a statement of its own directly in the branch: "
-                "`await <self>.<streams>[<key>].handle(...)`",
-                branch,
-            )
-        return found[0]
-
-    # --- proofs ------------------------------------------------------------
-
-    def _method(self, branch: cst.If) -> tuple[cst.FunctionDef, str]:
-        """The method the branch is in, proven to be the one its class keeps."""
-        method, cls = self.function, self.cls
-        if method is None or cls is None or self.scopes[-2:] != [cls, method]:
-            self._refuse("the branch directly inside a method of a class", branch)
-        if self.scopes[0] is not cls:
-            self._refuse("the class at the top level of the module", branch)
-        if _definitions(cls.body.body, method.name.value) != [method]:
-            self._refuse(f"one definition of {method.name.value} in its class", branch)
-        if _definitions(self.module.body, cls.name.value) != [cls]:
-            self._refuse(f"one definition of class {cls.name.value} in the module", branch)
-        # Another class with a method of that name may be a subclass that overrides it:
-        # then the server could run that one, and this branch would be dead.
-        owners = [
-            other.name.value
-            for other in self.module.body
-            if isinstance(other, cst.ClassDef) and _definitions(other.body.body, method.name.value)
-        ]
-        if owners != [cls.name.value]:
-            self._refuse(
-                f"{method.name.value} defined in one class of the module",
-                branch,
-                found=f"defined in {', '.join(owners)}",
-            )
-        receiver = self_name(method)
-        if receiver is None or _is_static(method):
-            self._refuse("a method with a `self` parameter", branch)
-        if id(method) not in self._rebound:
-            self._rebound[id(method)] = _rebinds(method.body, receiver)
-        if self._rebound[id(method)]:
-            self._refuse(f"`{receiver}` never rebound in {method.name.value}", branch)
-        return method, receiver
-
-    def _check_dict(self, attr: str, cls: cst.ClassDef, branch: cst.If) -> None:
-        """`self.<attr>` is a dict: every assignment to it in the class is `{}` or `dict()`,
-        so `key in` it is True exactly when looking the key up does not raise."""
-        values = self._assigned(cls).get(attr, [])
-        if not values or not all(_is_empty_dict(v) for v in values):
-            found = ", ".join(self.module.code_for_node(v) for v in values) or "no assignment"
-            self._refuse(
-                f"`self.{attr}` assigned only `{{}}` or `dict()` in class {cls.name.value}",
-                branch,
-                found=f"self.{attr} = {found}",
-            )
-
-    def _check_acknowledgement(
-        self,
-        body: cst.IndentedBlock,
-        receiver: str,
-        subject: str,
-        cls: cst.ClassDef,
-        branch: cst.If,
-    ) -> None:
-        """The DATA branch acknowledges the bytes on the h2 connection, whatever the lookup does."""
-        for statement in body.body:
-            call = _call_statement(statement)
-            if call is None or not isinstance(call.func, cst.Attribute):
-                if _leaves_early(statement):
-                    # e.g. `if <key> not in self.streams: continue`: it skips the
-                    # acknowledgement for exactly the DATA this fix is about.
-                    self._refuse(
-                        f"no continue/break/return/raise before {_ACKNOWLEDGE} in the "
-                        "DataReceived branch (the discarded bytes must be acknowledged too)",
-                        branch,
-                    )
-                continue
-            if call.func.attr.value != _ACKNOWLEDGE:
-                continue
-            connection = call.func.value
-            if not (
-                isinstance(connection, cst.Attribute)
-                and isinstance(connection.value, cst.Name)
-                and connection.value.value == receiver
-            ):
-                break
-            values = self._assigned(cls).get(connection.attr.value, [])
-            if len(values) != 1 or not _is_h2_connection(values[0]):
-                self._refuse(
-                    f"`self.{connection.attr.value}` assigned once, an h2 H2Connection",
-                    branch,
-                )
-            size = _argument(call, 0, "acknowledged_size")
-            if size is None or _dotted(size) != f"{subject}.flow_controlled_length":
-                self._refuse(
-                    f"{_ACKNOWLEDGE}({subject}.flow_controlled_length, ...)",
-                    branch,
-                )
-            return
-        self._refuse(
-            f"`{receiver}.<connection>.{_ACKNOWLEDGE}(...)` as a statement directly in the "
-            "DataReceived branch, so that it runs for a stream that is gone too "
-            "(the connection's receive window stalls otherwise)",
-            branch,
+        for index, statement in enumerate(body.body):
+            if _looks_up(statement, lookup):
+                return index
+        raise _Refusal(
+            "the stream lookup as a statement of its own directly in the branch: "
+            "`await <self>.<streams>[<key>].handle(...)`"
         )
 
-    def _code(self, branch: cst.If) -> str:
-        return self.module.code_for_node(branch.with_changes(orelse=None)).strip("\n")
+    def key_is_pure(self, lookup: cst.Subscript) -> cst.BaseExpression:
+        key = _key(lookup)
+        if key is None:
+            raise _Refusal("the key as a name or attribute chain (it is evaluated twice)")
+        return key
 
-    def _refuse(self, expected: str, node: cst.If | cst.MatchCase, found: str = "") -> NoReturn:
-        if not found:
-            if isinstance(node, cst.If):
-                found = self._code(node)
-            else:
-                found = self.module.code_for_node(node).strip("\n")
-        raise UnrecognisedStructureError(NAME, self.where, expected, found)
+    # Helpers of the checks.
+
+    def assignments(self, cls: cst.ClassDef, attribute: str) -> list[cst.BaseExpression]:
+        """The values assigned to `self.<attribute>` in the methods of the class, its
+        bases and its subclasses in the module (the instance may be any of them)."""
+        family = [cls, *base_classes(self.classes, cls), *subclasses(self.classes, cls)]
+        for member in family:
+            if id(member) not in self._assigned:
+                self._assigned[id(member)] = list(_self_assignments(member))
+        return [
+            value
+            for member in family
+            for found, value in self._assigned[id(member)]
+            if found == attribute
+        ]
+
+
+# --- rewrite ---------------------------------------------------------------------
+
+
+def _guarded_body(guard: _Guard) -> cst.IndentedBlock:
+    statement = guard.body.body[guard.index]
+    assert isinstance(statement, cst.SimpleStatementLine)
+    test = cst.Comparison(
+        left=guard.key.deep_clone(),
+        comparisons=[
+            cst.ComparisonTarget(operator=cst.In(), comparator=guard.lookup.value.deep_clone())
+        ],
+    )
+    wrapped = cst.If(
+        test=test,
+        body=cst.IndentedBlock(body=[statement.with_changes(leading_lines=())]),
+        leading_lines=statement.leading_lines,
+    )
+    statements = list(guard.body.body)
+    statements[guard.index] = wrapped
+    return guard.body.with_changes(body=statements)
+
+
+class _Replace(cst.CSTTransformer):
+    """Swaps branch bodies (by identity) for their guarded versions."""
+
+    def __init__(
+        self, replacements: dict[int, cst.IndentedBlock], paths: Sequence[cst.CSTNode]
+    ) -> None:
+        super().__init__()
+        self.replacements = replacements
+        # Only the nodes that lead to a replaced body are entered: the rest of the
+        # module is kept as it is, object for object, without visiting it.
+        self.on_paths = {id(node) for node in paths}
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        return id(node) in self.on_paths
+
+    def leave_IndentedBlock(
+        self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
+    ) -> cst.IndentedBlock:
+        return self.replacements.get(id(original_node), updated_node)
 
 
 # --- helpers on nodes ------------------------------------------------------------
 
 
-def _dotted(node: cst.BaseExpression) -> str | None:
-    """`a.b.c` for a chain of names and attributes, None for anything else."""
-    if isinstance(node, cst.Name):
-        return node.value
-    if isinstance(node, cst.Attribute):
-        base = _dotted(node.value)
-        return None if base is None else f"{base}.{node.attr.value}"
-    return None
+def _where(ancestors: Sequence[cst.CSTNode]) -> str:
+    names = [
+        identifier(n.name) for n in ancestors if isinstance(n, (cst.ClassDef, cst.FunctionDef))
+    ]
+    return ".".join(names) or "<module>"
 
 
-def _last_name(node: cst.BaseExpression) -> str | None:
+def _class_name(node: cst.BaseExpression) -> str | None:
+    """`C` for `C` or `<anything>.C`."""
     if isinstance(node, cst.Name):
-        return node.value
+        return identifier(node)
     if isinstance(node, cst.Attribute):
-        return node.attr.value
+        return identifier(node.attr)
     return None
 
 
 def _names_any(node: cst.CSTNode, names: tuple[str, ...]) -> bool:
-    if isinstance(node, cst.Name) and node.value in names:
-        return True
-    return any(_names_any(child, names) for child in node.children)
+    return any(isinstance(n, cst.Name) and identifier(n) in names for n in walk(node))
 
 
-def _subject(branch: cst.If) -> str:
-    test = branch.test
-    assert isinstance(test, cst.Call)
-    return _dotted(test.args[0].value) or "<event>"
+def _earlier_arms(branch: _Branch) -> Iterator[cst.If]:
+    """The arms before `branch` in its if/elif chain (also through `else:` holding only an `if`)."""
+    path = [*branch.ancestors, branch.node]
+    child_at = len(path) - 1
+    while child_at > 0:
+        parent = path[child_at - 1]
+        if isinstance(parent, cst.If) and parent.orelse is path[child_at]:
+            yield parent
+            child_at -= 1
+        elif (
+            child_at >= 3
+            and isinstance(parent, cst.IndentedBlock)
+            and len(parent.body) == 1
+            and isinstance(path[child_at - 2], cst.Else)
+            and isinstance(path[child_at - 3], cst.If)
+        ):
+            arm = path[child_at - 3]
+            assert isinstance(arm, cst.If)
+            yield arm
+            child_at -= 3
+        else:
+            return
 
 
-def _definitions(body: object, name: str) -> list[cst.CSTNode]:
-    """Statements of a body that bind `name` as a def or class."""
-    assert isinstance(body, (list, tuple))
-    return [
-        node
-        for node in body
-        if isinstance(node, (cst.FunctionDef, cst.ClassDef)) and node.name.value == name
-    ]
+@dataclass(frozen=True)
+class _Enclosing:
+    """What encloses a node inside the branch: handlers that swallow a KeyError,
+    and `<key> in <dict>` tests (as dotted names) whose body it is in."""
+
+    catches: bool = False
+    memberships: frozenset[tuple[str, str]] = field(default_factory=frozenset)
 
 
-def _is_static(method: cst.FunctionDef) -> bool:
-    return any(_dotted(d.decorator) in ("staticmethod", "classmethod") for d in method.decorators)
-
-
-def _self_attr(node: cst.BaseExpression, receiver: str) -> str | None:
-    """`attr` for `<receiver>.attr`."""
-    if (
-        isinstance(node, cst.Attribute)
-        and isinstance(node.value, cst.Name)
-        and node.value.value == receiver
-    ):
-        return node.attr.value
-    return None
-
-
-def _dict_attr(lookup: _Lookup) -> str:
+def _dict_attribute(lookup: _Lookup, receiver: str) -> str:
     value = lookup.value if isinstance(lookup, cst.Subscript) else lookup.func
-    if isinstance(value, cst.Attribute) and isinstance(lookup, cst.Call):
+    if isinstance(lookup, cst.Call):
+        assert isinstance(value, cst.Attribute)
         value = value.value  # <self>.<dict>.get
-    assert isinstance(value, cst.Attribute)
-    return value.attr.value
+    attribute = self_attribute(value, receiver)
+    assert attribute is not None  # _lookups() found it so
+    return attribute
 
 
 def _key(lookup: cst.Subscript) -> cst.BaseExpression | None:
-    """The subscript's key when it is a name or attribute chain (free of side effects)."""
+    """The subscript's key when it is free of side effects (it is evaluated twice)."""
     if len(lookup.slice) != 1:
         return None
     index = lookup.slice[0].slice
     if not isinstance(index, cst.Index) or index.star is not None:
         return None
-    return index.value if _dotted(index.value) is not None else None
+    return index.value if is_pure(index.value) else None
 
 
-def _lookups(node: cst.CSTNode, receiver: str, guards: _Guards) -> Iterator[tuple[_Lookup, bool]]:
+def _lookups(
+    node: cst.CSTNode, receiver: str, enclosing: _Enclosing
+) -> Iterator[tuple[_Lookup, bool]]:
     """Every `<receiver>.<attr>[...]` and `<receiver>.<attr>.get(...)` under `node`,
     with whether a handler or a membership test already keeps it from raising."""
-    if isinstance(node, cst.Subscript) and _self_attr(node.value, receiver) is not None:
+    if isinstance(node, cst.Subscript) and self_attribute(node.value, receiver) is not None:
         key = _key(node)
-        membership = (
-            (_dotted(node.value), _dotted(key)) if key is not None else None
-        ) in guards.memberships
-        yield node, guards.catches or membership
-    if (
-        isinstance(node, cst.Call)
-        and isinstance(node.func, cst.Attribute)
-        and node.func.attr.value == "get"
-        and _self_attr(node.func.value, receiver) is not None
-    ):
-        yield node, True
+        membership = None if key is None else (dotted(node.value), dotted(key))
+        yield node, enclosing.catches or membership in enclosing.memberships
+    call = method_call(node) if isinstance(node, cst.BaseExpression) else None
+    if call is not None and call[1] == "get" and self_attribute(call[0], receiver) is not None:
+        yield call[2], True
     if isinstance(node, cst.Try):
-        inner = _Guards(guards.catches or _catches_key_error(node), guards.memberships)
+        inner = _Enclosing(enclosing.catches or _catches_key_error(node), enclosing.memberships)
         yield from _lookups(node.body, receiver, inner)
         for part in (*node.handlers, node.orelse, node.finalbody):
             if part is not None:
-                yield from _lookups(part, receiver, guards)
+                yield from _lookups(part, receiver, enclosing)
         return
     if isinstance(node, cst.With) and _suppresses_key_error(node):
-        yield from _lookups(node.body, receiver, _Guards(True, guards.memberships))
+        yield from _lookups(node.body, receiver, _Enclosing(True, enclosing.memberships))
         for item in node.items:
-            yield from _lookups(item, receiver, guards)
+            yield from _lookups(item, receiver, enclosing)
         return
     if isinstance(node, cst.If):
         tested = _membership(node.test)
-        yield from _lookups(node.test, receiver, guards)
-        inner = guards if tested is None else _Guards(guards.catches, guards.memberships | {tested})
+        yield from _lookups(node.test, receiver, enclosing)
+        inner = (
+            enclosing
+            if tested is None
+            else _Enclosing(enclosing.catches, enclosing.memberships | {tested})
+        )
         yield from _lookups(node.body, receiver, inner)
         if node.orelse is not None:
-            yield from _lookups(node.orelse, receiver, guards)
+            yield from _lookups(node.orelse, receiver, enclosing)
         return
     for child in node.children:
-        yield from _lookups(child, receiver, guards)
+        yield from _lookups(child, receiver, enclosing)
 
 
 def _membership(test: cst.BaseExpression) -> tuple[str, str] | None:
-    """(dict, key) as code for `if <key> in <dict>:`."""
+    """(dict, key) as dotted names for `if <key> in <dict>:`."""
     if not isinstance(test, cst.Comparison) or len(test.comparisons) != 1:
         return None
     target = test.comparisons[0]
     if not isinstance(target.operator, cst.In):
         return None
-    container, key = _dotted(target.comparator), _dotted(test.left)
+    container, key = dotted(target.comparator), dotted(test.left)
     return None if container is None or key is None else (container, key)
 
 
@@ -431,11 +619,8 @@ def _catches_key_error(node: cst.Try) -> bool:
         caught = handler.type
         if caught is None:
             return True
-        if isinstance(caught, cst.Tuple):
-            names = [_last_name(element.value) for element in caught.elements]
-        else:
-            names = [_last_name(caught)]
-        if any(name in _CATCHES_KEY_ERROR for name in names):
+        elements = caught.elements if isinstance(caught, cst.Tuple) else [cst.Element(caught)]
+        if any(_class_name(element.value) in _CATCHES_KEY_ERROR for element in elements):
             return True
     return False
 
@@ -443,8 +628,8 @@ def _catches_key_error(node: cst.Try) -> bool:
 def _suppresses_key_error(node: cst.With) -> bool:
     for item in node.items:
         call = item.item
-        if isinstance(call, cst.Call) and _dotted(call.func) in ("suppress", "contextlib.suppress"):
-            names = [_last_name(arg.value) for arg in call.args if arg.keyword is None]
+        if isinstance(call, cst.Call) and dotted(call.func) in ("suppress", "contextlib.suppress"):
+            names = [_class_name(arg.value) for arg in call.args if arg.keyword is None]
             if any(name in _CATCHES_KEY_ERROR for name in names):
                 return True
     return False
@@ -452,42 +637,11 @@ def _suppresses_key_error(node: cst.With) -> bool:
 
 def _looks_up(statement: cst.BaseStatement, lookup: cst.Subscript) -> bool:
     """Whether the statement is `[await] <lookup>.<method>(...)`."""
-    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
-        return False
-    expression = statement.body[0]
-    if not isinstance(expression, cst.Expr):
-        return False
-    value = expression.value
+    value = statement_expression(statement)
     if isinstance(value, cst.Await):
         value = value.expression
-    return (
-        isinstance(value, cst.Call)
-        and isinstance(value.func, cst.Attribute)
-        and value.func.value is lookup
-    )
-
-
-def _rebinds(node: cst.CSTNode, name: str) -> bool:
-    """Whether `name` is assigned anywhere under `node` (then it may not be the instance)."""
-    target: cst.CSTNode | None = None
-    if isinstance(node, (cst.AssignTarget, cst.AnnAssign, cst.AugAssign, cst.For, cst.NamedExpr)):
-        target = node.target
-    elif isinstance(node, cst.AsName):
-        target = node.name
-    if target is not None and name in _bound_names(target):
-        return True
-    return any(_rebinds(child, name) for child in node.children)
-
-
-def _bound_names(target: cst.CSTNode) -> list[str]:
-    """Names a target binds: `a`, `(a, *b)`; not `a.x` or `a[i]`, which bind no name."""
-    if isinstance(target, cst.Name):
-        return [target.value]
-    if isinstance(target, (cst.Tuple, cst.List)):
-        return [n for element in target.elements for n in _bound_names(element.value)]
-    if isinstance(target, cst.StarredElement):
-        return _bound_names(target.value)
-    return []
+    call = method_call(value) if value is not None else None
+    return call is not None and call[0] is lookup
 
 
 def _leaves_early(node: cst.CSTNode) -> bool:
@@ -499,69 +653,66 @@ def _leaves_early(node: cst.CSTNode) -> bool:
     return any(_leaves_early(child) for child in node.children)
 
 
-def _call_statement(statement: cst.BaseStatement) -> cst.Call | None:
-    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
-        return None
-    expression = statement.body[0]
-    if isinstance(expression, cst.Expr) and isinstance(expression.value, cst.Call):
-        return expression.value
-    return None
-
-
-def _argument(call: cst.Call, position: int, keyword: str) -> cst.BaseExpression | None:
+def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:
     for arg in call.args:
-        if arg.keyword is not None and arg.keyword.value == keyword:
+        if keyword(arg) == name:
             return arg.value
     positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
     return positional[position].value if len(positional) > position else None
 
 
-def _self_assignments(cls: cst.ClassDef) -> dict[str, list[cst.BaseExpression]]:
-    """attr -> the values assigned to `self.<attr>` anywhere in the class's methods."""
-    found: dict[str, list[cst.BaseExpression]] = {}
+def _self_assignments(cls: cst.ClassDef) -> Iterator[tuple[str, cst.BaseExpression]]:
+    """(attr, value) for each assignment to `self.<attr>` in the class's methods; a value
+    the fix cannot see (`+=`, a bare annotation, a tuple or loop target) as `...`."""
+    unseen = cst.Ellipsis()
     for method in cls.body.body:
         if not isinstance(method, cst.FunctionDef):
             continue
-        receiver = self_name(method)
+        receiver = first_parameter(method)
         if receiver is None:
             continue
-        for attr, value in _assignments(method.body, receiver):
-            found.setdefault(attr, []).append(value)
-    return found
+        for node in walk(method.body):
+            if isinstance(node, cst.Assign):
+                for target in node.targets:
+                    value = node.value if isinstance(target.target, cst.Attribute) else unseen
+                    for attribute in _assigned_attributes(target.target, receiver):
+                        yield attribute, value
+            elif isinstance(node, cst.AnnAssign):
+                for attribute in _assigned_attributes(node.target, receiver):
+                    yield attribute, node.value or unseen
+            elif isinstance(node, (cst.AugAssign, cst.For, cst.CompFor)):
+                for attribute in _assigned_attributes(node.target, receiver):
+                    yield attribute, unseen
+            elif isinstance(node, cst.WithItem) and node.asname is not None:
+                for attribute in _assigned_attributes(node.asname.name, receiver):
+                    yield attribute, unseen
 
 
-def _assignments(node: cst.CSTNode, receiver: str) -> Iterator[tuple[str, cst.BaseExpression]]:
-    if isinstance(node, cst.Assign):
-        for target in node.targets:
-            attr = _self_attr(target.target, receiver)
-            if attr is not None:
-                yield attr, node.value
-    elif isinstance(node, (cst.AnnAssign, cst.AugAssign)):
-        attr = _self_attr(node.target, receiver)
-        if attr is not None:
-            # An annotation alone binds nothing; `+=` and friends make no fresh dict.
-            yield attr, node.value if node.value is not None else cst.Name("...")
-    for child in node.children:
-        yield from _assignments(child, receiver)
+def _assigned_attributes(target: cst.BaseExpression, receiver: str) -> list[str]:
+    """`attr` for each `<receiver>.attr` a target assigns (`a, self.x = ...` included)."""
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return [
+            a for element in target.elements for a in _assigned_attributes(element.value, receiver)
+        ]
+    if isinstance(target, cst.StarredElement):
+        return _assigned_attributes(target.value, receiver)
+    attribute = self_attribute(target, receiver)
+    return [] if attribute is None else [attribute]
 
 
 def _is_empty_dict(value: cst.BaseExpression) -> bool:
     if isinstance(value, cst.Dict):
         return not value.elements
-    return isinstance(value, cst.Call) and _dotted(value.func) == "dict" and not value.args
-
-
-def _is_h2_connection(value: cst.BaseExpression) -> bool:
-    return isinstance(value, cst.Call) and _last_name(value.func) == "H2Connection"
+    return isinstance(value, cst.Call) and dotted(value.func) == "dict" and not value.args
 
 
 # --- the fix -----------------------------------------------------------------------
 
 
 def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
-    transformer = _Transformer(tree)
-    new_tree = tree.visit(transformer)
-    branches = transformer.branches
+    finder = _Finder(tree)
+    tree.visit(finder)
+    branches = finder.branches
     data = [b for b in branches if b.event == DATA]
     if not data:
         if _names_any(tree, (DATA,)):
@@ -586,19 +737,39 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
             NAME,
             elsewhere[0].where,
             f"the branches for the client's events in {dispatch.where}, with the {DATA} branch",
-            elsewhere[0].code,
+            _code(tree, elsewhere[0]),
         )
-    changed = [e for e in CLIENT_HALF_EVENTS if any(b.changed and b.event == e for b in branches)]
+    proof = _Proof(tree)
+    guards: dict[int, _Guard] = {}
+    paths: list[cst.CSTNode] = []
+    changed: set[str] = set()
+    for branch in branches:
+        try:
+            guard = proof.guard(branch)
+        except _Refusal as refusal:
+            raise UnrecognisedStructureError(
+                NAME, branch.where, refusal.expected, refusal.found or _code(tree, branch)
+            ) from None
+        if guard is not None:
+            guards[id(guard.body)] = guard
+            paths += [*branch.ancestors, branch.node]
+            changed.add(branch.event)
     if not changed:
         return tree, FixOutcome(
             NAME,
             Outcome.FIXED_UPSTREAM,
             f"{dispatch.where} already skips events for a stream it finished",
         )
-    return new_tree, FixOutcome(
+    replacements = {key: _guarded_body(guard) for key, guard in guards.items()}
+    events = [event for event in CLIENT_HALF_EVENTS if event in changed]
+    return tree.visit(_Replace(replacements, paths)), FixOutcome(
         NAME,
         Outcome.REWRITTEN,
-        f"{dispatch.where} now skips {', '.join(changed)} for a stream it already "
+        f"{dispatch.where} now skips {', '.join(events)} for a stream it already "
         "finished, still acknowledging the DATA",
         functions=(dispatch.where,),
     )
+
+
+def _code(module: cst.Module, branch: _Branch) -> str:
+    return module.code_for_node(branch.node.with_changes(orelse=None)).strip("\n")
