@@ -32,23 +32,27 @@ from .._environment import Environment
 from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
 from ._syntax import (
+    base_classes,
     bindings_of,
+    binds_to,
     bound_names,
     class_methods,
     class_names,
+    constructs,
     dotted,
     first_parameter,
     identifier,
-    imports_name,
-    imports_package,
     is_pure,
+    jump_before,
     keyword,
     method_call,
     module_bindings,
+    module_classes,
     same_expression,
     self_attribute,
     statement_expression,
     statement_names,
+    subclasses,
     walk,
 )
 
@@ -322,11 +326,7 @@ class _Proof:
         self.dispatch = dispatch
         self.arm = arm
         self.bindings = module_bindings(module)
-        self.classes = {
-            name: nodes[0]
-            for name, nodes in self.bindings.items()
-            if len(nodes) == 1 and isinstance(nodes[0], cst.ClassDef)
-        }
+        self.classes = module_classes(module)
         self._assignments: dict[int, dict[str, list[tuple[bool, cst.BaseExpression]]]] = {}
 
     def plan(self) -> _Plan:
@@ -431,21 +431,13 @@ class _Proof:
         """The class the package serves (`H2Protocol`, which hypercorn.protocol and
         anycorn.protocol import) is this class or a subclass of it."""
         name = identifier(cls.name)
-        expected = f"{_SERVED} (the class the server imports) to be {name} or a subclass of it"
-        bindings = self.bindings.get(_SERVED, [])
-        if len(bindings) != 1:
-            raise _Refusal(expected, f"{len(bindings)} bindings of {_SERVED} in the module")
-        [binding] = bindings
         family = {name, *(identifier(sub.name) for sub in self.subclasses(cls))}
-        if isinstance(binding, cst.ClassDef) and identifier(binding.name) in family:
-            return
-        if (
-            isinstance(binding, cst.Assign)
-            and len(binding.targets) == 1
-            and dotted(binding.value) in family
-        ):
-            return
-        raise _Refusal(expected, binding)
+        if not binds_to(self.bindings, _SERVED, family):
+            bindings = self.bindings.get(_SERVED, [])
+            raise _Refusal(
+                f"{_SERVED} (the class the server imports) to be {name} or a subclass of it",
+                bindings[0] if len(bindings) == 1 else f"{len(bindings)} bindings of {_SERVED}",
+            )
 
     def no_earlier_branch_takes_trailers(self) -> None:
         for arm in self.dispatch.arms:
@@ -582,15 +574,7 @@ class _Proof:
         return None
 
     def is_h2_connection(self, value: cst.BaseExpression) -> bool:
-        if not isinstance(value, cst.Call):
-            return False
-        name = dotted(value.func)
-        if name == "h2.connection.H2Connection":
-            return all(imports_package(node, "h2") for node in self.bindings.get("h2", [None]))
-        if name is not None and "." not in name:
-            [binding, *more] = self.bindings.get(name, [None])
-            return not more and imports_name(binding, "h2.connection", "H2Connection", name)
-        return False
+        return constructs(self.bindings, value, "h2.connection", "H2Connection")
 
     def on_the_drained_stream(
         self,
@@ -752,31 +736,10 @@ class _Proof:
 
     def family(self, cls: cst.ClassDef) -> list[cst.ClassDef]:
         """The class, its base classes in the module, and its subclasses in the module."""
-        bases: list[cst.ClassDef] = []
-        pending = [cls]
-        while pending:
-            current = pending.pop()
-            for base in current.bases:
-                found = self.classes.get(dotted(base.value) or "")
-                if found is not None and found not in bases and found is not cls:
-                    bases.append(found)
-                    pending.append(found)
-        return [cls, *bases, *self.subclasses(cls)]
+        return [cls, *base_classes(self.classes, cls), *self.subclasses(cls)]
 
     def subclasses(self, cls: cst.ClassDef) -> list[cst.ClassDef]:
-        found: list[cst.ClassDef] = []
-        names = {identifier(cls.name)}
-        changed = True
-        while changed:
-            changed = False
-            for name, candidate in self.classes.items():
-                if candidate in found or candidate is cls:
-                    continue
-                if any((dotted(base.value) or "") in names for base in candidate.bases):
-                    found.append(candidate)
-                    names.add(name)
-                    changed = True
-        return found
+        return subclasses(self.classes, cls)
 
     def assignments(
         self, cls: cst.ClassDef, attribute: str
@@ -862,17 +825,7 @@ def _rebound_later(cls: cst.ClassDef, method: cst.FunctionDef) -> bool:
 def _jump_before(dispatch: _Dispatch, method: cst.FunctionDef) -> cst.CSTNode | None:
     """A return/raise/break/continue that runs before the dispatch in `method`, if any."""
     path = [*dispatch.ancestors, dispatch.statement]
-    start = _position(path, method)
-    for parent, child in zip(path[start:], path[start + 1 :]):
-        if not isinstance(parent, cst.IndentedBlock):
-            continue
-        for statement in parent.body[: _position(parent.body, child)]:
-            if isinstance(statement, cst.SimpleStatementLine) and any(
-                isinstance(small, (cst.Return, cst.Raise, cst.Continue, cst.Break))
-                for small in statement.body
-            ):
-                return statement
-    return None
+    return jump_before(path, _position(path, method))
 
 
 def _provably_dead(dispatch: _Dispatch) -> bool:
