@@ -45,6 +45,9 @@ def check_size(length: int, unit: str, where: str | None = None) -> None:
 def check_source(source: str) -> None:
     """Raise InvalidSourceError unless `source` is safe and sensible to rewrite."""
     check_size(len(source), "characters")
+    if "\x00" in source:  # what compile() refuses; some tokenizers fail on it oddly
+        line = source.count("\n", 0, source.index("\x00")) + 1
+        raise InvalidSourceError("Python source that compiles", f"a NUL byte at line {line}")
     string_runs = _scan_tokens(source)
     _check_depth(_parse(source), string_runs)
     _compile(source)
@@ -98,7 +101,9 @@ def _scan_tokens(source: str) -> dict[tuple[int, int], int]:
             if token.type == fstring_start:
                 fstring_depth = 1
             after_literal = token.type == tokenize.STRING
-    except SyntaxError as error:  # Python 3.12+ tokenizes with the parser's own tokenizer
+    except (SyntaxError, SystemError) as error:
+        # 3.12+ tokenizes with the parser's own tokenizer; 3.13.0's raises SystemError
+        # on a NUL byte in a comment.
         raise _unparsable(error) from error
     except tokenize.TokenError as error:
         # Only raised at the end of the text, so every statement has been counted and
