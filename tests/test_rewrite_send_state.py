@@ -23,7 +23,10 @@ INIT = """\
 self.priority = priority.PriorityTree()
 self.stream_buffers: Dict[int, StreamBuffer] = {}
 """
-STORE = "self.stream_buffers[request.stream_id] = StreamBuffer()\n"
+STORE = """\
+self.stream_buffers[request.stream_id] = StreamBuffer()
+self.priority.insert_stream(request.stream_id)
+"""
 SEND_RELEASE = """\
 # Stream or connection has closed whilst waiting to send
 await self.stream_buffers[stream_id].close()
@@ -86,6 +89,9 @@ DEFAULTS = {
     "ev": "event",
     "reset_kind": "h2.events.StreamReset",
     "imports": "import priority\n",
+    "end_body": "self.stream_buffers[event.stream_id].set_complete()\n",
+    "window": "await self._window_updated(event.stream_id)\n",
+    "send_try": "data = await self.stream_buffers[stream_id].pop(10)\n",
 }
 
 
@@ -104,13 +110,13 @@ def module(**parts: str) -> str:
         f"{block(p['init'], 2)}\n"
         "    async def _send_data(self, stream_id: int) -> None:\n"
         "        try:\n"
-        "            data = await self.stream_buffers[stream_id].pop(10)\n"
+        f"{block(p['send_try'], 3)}"
         "        except (h2.exceptions.StreamClosedError, KeyError):\n"
         f"{block(p['send_release'], 3)}\n"
         "    async def stream_send(self, event):\n"
         "        try:\n"
         "            if isinstance(event, EndBody):\n"
-        "                self.stream_buffers[event.stream_id].set_complete()\n"
+        f"{block(p['end_body'], 4)}"
         f"{block(p['trailers'], 3)}"
         f"        {p['catch']}\n"
         "            return\n\n"
@@ -119,7 +125,7 @@ def module(**parts: str) -> str:
         f"            if isinstance({p['ev']}, {p['reset_kind']}):\n"
         f"{block(p['reset'], 4)}"
         "            elif isinstance(event, h2.events.WindowUpdated):\n"
-        "                await self._window_updated(event.stream_id)\n\n"
+        f"{block(p['window'], 4)}\n"
         "    async def _create_stream(self, request):\n"
         f"{block(p['store'], 2)}"
         f"{block(p['extra'], 1)}"
@@ -369,7 +375,11 @@ REFUSALS = {
         "one `if isinstance(<event>, StreamReset):` branch",
     ),
     "reset-in-sync-method": (
-        {"events": "def _handle_events(self, events):"},
+        {
+            "events": "def _handle_events(self, events):",
+            "reset": "self._close_stream(event.stream_id)\n",
+            "window": "self._window_updated(event.stream_id)\n",
+        },
         "in an `async def` method",
     ),
 }
