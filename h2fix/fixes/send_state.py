@@ -668,10 +668,10 @@ class _Fix:
 
     def _trailers(self, cls: cst.ClassDef, names: _Names) -> None:
         branches: list[tuple[cst.FunctionDef, _Branch, tuple[cst.Try, ...]]] = []
-        for method in cls.body.body:
-            if not isinstance(method, cst.FunctionDef):
-                continue
-            for branch, tries in _branches(method.body, ()):
+        for method in _live_methods(cls):
+            for branch, tries, dead in _branches(method.body, ()):
+                if dead:
+                    continue
                 if isinstance(branch, cst.If):
                     if _isinstance_of(branch.test, ("Trailers",)) is not None:
                         branches.append((method, branch, tries))
@@ -732,7 +732,20 @@ class _Fix:
                 "the stream id of send_headers as a name or attribute (it is repeated)",
                 _shown(branch),
             )
-        if any(_releases(line, receiver, names, stream_id) for line in body.body[send_index + 1 :]):
+        self._prove_live(cls, method)
+        after = body.body[send_index + 1 :]
+        mutators = self._mutators(cls, names)
+        for line in after:
+            if not _releases(line, receiver, names, stream_id) and self._touches(
+                line, receiver, names, mutators
+            ):
+                self.refuse(
+                    where,
+                    "nothing after the trailers that uses the stream's send buffer or "
+                    "priority node, but one recognised release",
+                    line,
+                )
+        if any(_releases(line, receiver, names, stream_id) for line in after):
             return
         self._prove_catches(where, tries)
         lines = list(body.body)
@@ -759,18 +772,44 @@ class _Fix:
     # At the end of the StreamReset branch
 
     def _reset(self, cls: cst.ClassDef, names: _Names) -> None:
-        branches = [
-            (method, branch, subject)
+        # A redefined method's branch never runs; but which definition runs is for
+        # every fix to agree on, so a second one is refused rather than skipped.
+        replaced = [
+            method
             for method in cls.body.body
             if isinstance(method, cst.FunctionDef)
-            for branch, _ in _branches(method.body, ())
-            if isinstance(branch, cst.If)
-            and (subject := _isinstance_of(branch.test, ("StreamReset",))) is not None
+            and _rebound_later(cls, method)
+            and any(_reset_subject(b, _subjects(method)) for b, _, _ in _branches(method.body, ()))
         ]
+        if replaced:
+            name = identifier(replaced[0].name)
+            self.refuse(
+                f"{identifier(cls.name)}.{name}",
+                f"the StreamReset branch in a method defined once ({name} is defined again "
+                "later in the class body)",
+                f"{name} bound again later in class {identifier(cls.name)}",
+            )
+        branches = [
+            (method, branch, subject)
+            for method in _live_methods(cls)
+            for branch, _, dead in _branches(method.body, ())
+            if not dead and (subject := _reset_subject(branch, _subjects(method))) is not None
+        ]
+        for method, branch, _ in branches:
+            if isinstance(branch, cst.MatchCase) and (
+                not _case_of(branch.pattern, "StreamReset") or branch.guard is not None
+            ):
+                self.refuse(
+                    f"{identifier(cls.name)}.{identifier(method.name)}",
+                    "`case StreamReset():` alone, with no guard (the release is for resets only)",
+                    _shown(branch),
+                )
         if len(branches) != 1:
             where = ", ".join(identifier(m.name) for m, _, _ in branches) or "none"
             self.refuse(
-                identifier(cls.name), "one `if isinstance(<event>, StreamReset):` branch", where
+                identifier(cls.name),
+                "one `if isinstance(<event>, StreamReset):` branch (or `case StreamReset():`)",
+                where,
             )
         method, branch, subject = branches[0]
         where = f"{identifier(cls.name)}.{identifier(method.name)}"
@@ -781,14 +820,105 @@ class _Fix:
                 "the StreamReset branch in an `async def` method, testing a plain name",
                 _shown(branch),
             )
+        self._prove_live(cls, method)
         body = branch.body
         if not isinstance(body, cst.IndentedBlock):
             self.refuse(where, "the StreamReset branch body on its own lines", _shown(branch))
-        stream_id = cst.Attribute(value=cst.Name(subject.value), attr=cst.Name("stream_id"))
-        if any(_releases(line, receiver, names, stream_id) for line in body.body):
+        if identifier(subject) in bound_names(body):
+            self.refuse(
+                where,
+                f"`{identifier(subject)}` not reassigned in the StreamReset branch (the "
+                f"release names {identifier(subject)}.stream_id)",
+                _shown(branch),
+            )
+        stream_id = cst.Attribute(value=cst.Name(identifier(subject)), attr=cst.Name("stream_id"))
+        end = self._reset_end(where, branch, body)
+        mutators = self._mutators(cls, names)
+        live = body.body[:end]
+        released = False
+        for index, line in enumerate(live):
+            if _releases(line, receiver, names, stream_id):
+                released = True
+                continue
+            pair = (*live[index - 1 : index + 1],) if index else ()
+            if _inline_release(live[index : index + 2], receiver, names, stream_id):
+                released = True
+                continue
+            if _inline_release(pair, receiver, names, stream_id):
+                continue
+            if self._touches(line, receiver, names, mutators):
+                self.refuse(
+                    where,
+                    "the StreamReset branch to leave the stream's send buffer and priority "
+                    "node alone, or to release both with one recognised release (anything "
+                    "else, such as a buffer popped alone, leaves the node for good)",
+                    line,
+                )
+        if released:
             return
-        self.plan.blocks[id(body)] = [*body.body, self.release(receiver, names, stream_id)]
+        lines = list(body.body)
+        lines.insert(end, self.release(receiver, names, stream_id))
+        self.plan.blocks[id(body)] = lines
         self.plan.changed[where] = None
+
+    def _reset_end(self, where: str, branch: _Branch, body: cst.IndentedBlock) -> int:
+        """Where the release goes: the end of the branch, or before the bare `continue`,
+        `break` or `return` that ends it (after one it would never run)."""
+        lines = body.body
+        for index, line in enumerate(lines):
+            small = _only(line)
+            last = index == len(lines) - 1
+            bare = isinstance(small, (cst.Continue, cst.Break)) or (
+                isinstance(small, cst.Return) and small.value is None
+            )
+            if last and bare:
+                return index
+            if any(isinstance(n, _JUMPS) for n in _walk(line)):
+                self.refuse(
+                    where,
+                    "no return, raise, break or continue in the StreamReset branch but a bare "
+                    "one ending it (the release must run on every path through the branch)",
+                    _shown(branch),
+                )
+        return len(lines)
+
+    def _mutators(self, cls: cst.ClassDef, names: _Names) -> frozenset[str]:
+        """Methods of the class that add to or take from the buffers or the tree,
+        themselves or through another such method."""
+        methods = {identifier(m.name): m for m in _live_methods(cls)}
+        found = {
+            name
+            for name, method in methods.items()
+            if (receiver := self_name(method)) is not None
+            and any(_mutates(n, receiver, names) for n in _walk(method.body))
+        }
+        changed = True
+        while changed:
+            changed = False
+            for name, method in methods.items():
+                receiver = self_name(method)
+                if name in found or receiver is None:
+                    continue
+                if any(_calls_own(n, receiver) & found for n in _walk(method.body)):
+                    found.add(name)
+                    changed = True
+        return frozenset(found)
+
+    def _touches(
+        self,
+        line: cst.BaseStatement,
+        receiver: str,
+        names: _Names,
+        mutators: frozenset[str],
+    ) -> bool:
+        """The statement uses the buffers or the tree, or calls a method that changes them."""
+        state = {f"{receiver}.{names.buffers}", f"{receiver}.{names.priority}"}
+        for node in _walk(line):
+            if isinstance(node, cst.Attribute) and dotted(node) in state:
+                return True
+            if _calls_own(node, receiver) & mutators:
+                return True
+        return False
 
 
 def _imports_module_as(node: cst.CSTNode, module: str, bound: str) -> bool:
@@ -813,6 +943,129 @@ def _any_method_call(node: cst.CSTNode) -> tuple[cst.BaseExpression, str] | None
     return None
 
 
+_JUMPS = (cst.Return, cst.Raise, cst.Break, cst.Continue)
+
+
+def _reset_subject(
+    branch: _Branch, subjects: dict[int, cst.BaseExpression]
+) -> cst.BaseExpression | None:
+    """`event` for `if isinstance(event, StreamReset):`, or for a case naming StreamReset in
+    `match event:` (`subjects`: id(case) -> its match's subject), else None."""
+    if isinstance(branch, cst.If):
+        return _isinstance_of(branch.test, ("StreamReset",))
+    if "StreamReset" in _names_in(branch.pattern):
+        return subjects.get(id(branch))
+    return None
+
+
+def _subjects(method: cst.FunctionDef) -> dict[int, cst.BaseExpression]:
+    """id(case) -> the subject of its match statement, for every match in the method."""
+    return {
+        id(case): node.subject
+        for node in _walk(method)
+        if isinstance(node, cst.Match)
+        for case in node.cases
+    }
+
+
+def _inline_release(
+    lines: Sequence[cst.BaseStatement],
+    receiver: str,
+    names: _Names,
+    stream_id: cst.BaseExpression,
+) -> bool:
+    """The two statements release the stream's state as anycorn's helper does:
+
+    <b> = self.<buffers>.pop(<id>, None)
+    if <b> is not None:
+        self.<priority>.remove_stream(<id>)
+        await <b>.close()
+    """
+    if len(lines) != 2:
+        return False
+    popping, check = lines
+    small = _only(popping)
+    if not (
+        isinstance(small, cst.Assign)
+        and len(small.targets) == 1
+        and isinstance(small.targets[0].target, cst.Name)
+        and isinstance(check, cst.If)
+        and check.orelse is None
+        and isinstance(check.body, cst.IndentedBlock)
+        and len(check.body.body) == 2
+    ):
+        return False
+    local = small.targets[0].target
+    popped = _method_call(small.value, "pop")
+    test = check.test
+    if not (
+        popped is not None
+        and _self_attribute(popped[0], receiver) == names.buffers
+        and len(popped[1]) == 2
+        and all(arg.keyword is None and not arg.star for arg in popped[1])
+        and _same(popped[1][0].value, stream_id)
+        and dotted(popped[1][1].value) == "None"
+        and isinstance(test, cst.Comparison)
+        and len(test.comparisons) == 1
+        and isinstance(test.comparisons[0].operator, cst.IsNot)
+        and _same(test.left, local)
+        and dotted(test.comparisons[0].comparator) == "None"
+    ):
+        return False
+    removal = _expression(check.body.body[0])
+    removed = _method_call(removal, "remove_stream") if removal is not None else None
+    closing = _awaited(check.body.body[1])
+    closed = _method_call(closing, "close") if closing is not None else None
+    return (
+        removed is not None
+        and _self_attribute(removed[0], receiver) == names.priority
+        and _one_argument(removed[1], stream_id)
+        and closed is not None
+        and not closed[1]
+        and _same(closed[0], local)
+    )
+
+
+def _live_methods(cls: cst.ClassDef) -> list[cst.FunctionDef]:
+    """The methods of the class body that no later statement of it replaces."""
+    return [
+        method
+        for method in cls.body.body
+        if isinstance(method, cst.FunctionDef) and not _rebound_later(cls, method)
+    ]
+
+
+def _calls_own(node: cst.CSTNode, receiver: str) -> set[str]:
+    """{m} for `<receiver>.m(...)`, else nothing."""
+    call = _any_method_call(node)
+    if call is None:
+        return set()
+    method = _self_attribute(call[0], receiver)
+    return set() if method is None else {method}
+
+
+def _mutates(node: cst.CSTNode, receiver: str, names: _Names) -> bool:
+    """The node adds to or takes from the buffers or the tree (reading, unblocking and
+    using a buffer do neither)."""
+    buffers, tree = f"{receiver}.{names.buffers}", f"{receiver}.{names.priority}"
+    targets: list[cst.BaseExpression] = []
+    if isinstance(node, cst.Assign):
+        targets = [target.target for target in node.targets]
+    elif isinstance(node, (cst.AnnAssign, cst.AugAssign, cst.Del)):
+        targets = [node.target]
+    for target in targets:
+        for part in _walk(target):
+            if isinstance(part, cst.Attribute) and dotted(part) in (buffers, tree):
+                return True
+    call = _any_method_call(node)
+    if call is None:
+        return False
+    owner = dotted(call[0])
+    if owner == buffers:
+        return call[1] not in ("get", "keys", "values", "items", "copy")
+    return owner == tree and call[1] in ("insert_stream", "remove_stream")
+
+
 def _rebound_later(cls: cst.ClassDef, method: cst.FunctionDef) -> bool:
     """A later statement of the class body binds the method's name: this one never runs."""
     statements = list(cls.body.body)
@@ -830,22 +1083,32 @@ _Branch = Union[cst.If, cst.MatchCase]
 
 
 def _branches(
-    node: cst.CSTNode, tries: tuple[cst.Try, ...]
-) -> Iterator[tuple[_Branch, tuple[cst.Try, ...]]]:
+    node: cst.CSTNode, tries: tuple[cst.Try, ...], dead: bool = False
+) -> Iterator[tuple[_Branch, tuple[cst.Try, ...], bool]]:
     """Every `if`/`elif` and `case` in a function body (not in nested functions or classes),
-    with the `try` statements whose body holds it."""
+    with the `try` statements whose body holds it, and whether a return, raise, break or
+    continue before it in an enclosing block means it never runs."""
     if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
         return
     if isinstance(node, (cst.If, cst.MatchCase)):
-        yield node, tries
+        yield node, tries, dead
+    if isinstance(node, cst.IndentedBlock):
+        jumped = dead
+        for statement in node.body:
+            yield from _branches(statement, tries, jumped)
+            jumped = jumped or (
+                isinstance(statement, cst.SimpleStatementLine)
+                and any(isinstance(small, _JUMPS) for small in statement.body)
+            )
+        return
     if isinstance(node, cst.Try):
-        yield from _branches(node.body, (*tries, node))
+        yield from _branches(node.body, (*tries, node), dead)
         for child in node.children:
             if child is not node.body:
-                yield from _branches(child, tries)
+                yield from _branches(child, tries, dead)
         return
     for child in node.children:
-        yield from _branches(child, tries)
+        yield from _branches(child, tries, dead)
 
 
 def _shown(branch: _Branch) -> _Branch:
