@@ -1038,10 +1038,9 @@ def _live_methods(cls: cst.ClassDef) -> list[cst.FunctionDef]:
 def _calls_own(node: cst.CSTNode, receiver: str) -> set[str]:
     """{m} for `<receiver>.m(...)`, else nothing."""
     call = _any_method_call(node)
-    if call is None:
+    if call is None or not isinstance(call[0], cst.Name) or identifier(call[0]) != receiver:
         return set()
-    method = _self_attribute(call[0], receiver)
-    return set() if method is None else {method}
+    return {call[1]}
 
 
 def _mutates(node: cst.CSTNode, receiver: str, names: _Names) -> bool:
