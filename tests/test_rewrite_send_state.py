@@ -445,7 +445,8 @@ REFUSALS = {
     "reset-calls-partial-release": (
         {
             "reset": RESET + "await self._forget(event.stream_id)\n",
-            "extra": "async def _forget(self, stream_id):\n    del self.stream_buffers[stream_id]\n",
+            "extra": "async def _forget(self, stream_id):\n"
+            "    del self.stream_buffers[stream_id]\n",
         },
         "the StreamReset branch to leave the stream's send buffer and priority node alone",
     ),
