@@ -24,7 +24,10 @@ INIT = """\
 self.priority = priority.PriorityTree()
 self.stream_buffers: Dict[int, StreamBuffer] = {}
 """
-STORE = "self.stream_buffers[request.stream_id] = StreamBuffer()\n"
+STORE = """\
+self.stream_buffers[request.stream_id] = StreamBuffer()
+self.priority.insert_stream(request.stream_id)
+"""
 SEND_RELEASE = """\
 # Stream or connection has closed whilst waiting to send
 await self.stream_buffers[stream_id].close()
@@ -74,6 +77,14 @@ async def _discard_send_state(self, stream_id: int) -> None:
         self.priority.remove_stream(stream_id)
 """
 
+# A release written out in the branch, as anycorn's helper does it.
+INLINE_RELEASE = """\
+buffer = self.stream_buffers.pop(event.stream_id, None)
+if buffer is not None:
+    self.priority.remove_stream(event.stream_id)
+    await buffer.close()
+"""
+
 DEFAULTS = {
     "buffer_class": BUFFER_CLASS,
     "init": INIT,
@@ -87,6 +98,12 @@ DEFAULTS = {
     "ev": "event",
     "reset_kind": "h2.events.StreamReset",
     "imports": "import priority\n",
+    "end_body": "self.stream_buffers[event.stream_id].set_complete()\n",
+    "window": "await self._window_updated(event.stream_id)\n",
+    "send_before": "",
+    "send_catch": "except (h2.exceptions.StreamClosedError, KeyError):",
+    "after": "",
+    "send_try": "data = await self.stream_buffers[stream_id].pop(10)\n",
 }
 
 
@@ -104,14 +121,15 @@ def module(**parts: str) -> str:
         "    def __init__(self) -> None:\n"
         f"{block(p['init'], 2)}\n"
         "    async def _send_data(self, stream_id: int) -> None:\n"
+        f"{block(p['send_before'], 2)}"
         "        try:\n"
-        "            data = await self.stream_buffers[stream_id].pop(10)\n"
-        "        except (h2.exceptions.StreamClosedError, KeyError):\n"
+        f"{block(p['send_try'], 3)}"
+        f"        {p['send_catch']}\n"
         f"{block(p['send_release'], 3)}\n"
         "    async def stream_send(self, event):\n"
         "        try:\n"
         "            if isinstance(event, EndBody):\n"
-        "                self.stream_buffers[event.stream_id].set_complete()\n"
+        f"{block(p['end_body'], 4)}"
         f"{block(p['trailers'], 3)}"
         f"        {p['catch']}\n"
         "            return\n\n"
@@ -120,10 +138,11 @@ def module(**parts: str) -> str:
         f"            if isinstance({p['ev']}, {p['reset_kind']}):\n"
         f"{block(p['reset'], 4)}"
         "            elif isinstance(event, h2.events.WindowUpdated):\n"
-        "                await self._window_updated(event.stream_id)\n\n"
+        f"{block(p['window'], 4)}\n"
         "    async def _create_stream(self, request):\n"
         f"{block(p['store'], 2)}"
         f"{block(p['extra'], 1)}"
+        f"{p['after']}"
     )
 
 
@@ -156,6 +175,9 @@ elif True:
 """
 
 # id: (parts before, parts after, functions changed)
+# Rows written with `match`, which Python < 3.10 cannot compile.
+MATCH_ROWS = {"match-case", "guarded-case", "case-shared-with-others", "reset-match-case"}
+
 REWRITES = {
     "hypercorn-0.18": ({}, FIXED, ALL),
     "no-trailers-support": (
@@ -227,6 +249,28 @@ REWRITES = {
         },
         ALL,
     ),
+    "priority-module-aliased": (
+        {
+            "imports": "import priority as prio\n",
+            "init": INIT.replace("priority.PriorityTree()", "prio.PriorityTree()"),
+        },
+        {
+            **FIXED,
+            "imports": "import priority as prio\n",
+            "init": INIT.replace("priority.PriorityTree()", "prio.PriorityTree()"),
+        },
+        ALL,
+    ),
+    "reset-ends-with-continue": (
+        {"reset": RESET + "continue\n"},
+        {**FIXED, "reset": RESET_FIXED + "continue\n"},
+        ALL,
+    ),
+    "reset-already-releases-inline": (
+        {"reset": RESET + INLINE_RELEASE},
+        {**FIXED, "reset": RESET + INLINE_RELEASE},
+        (SEND_DATA, STREAM_SEND),
+    ),
     "send-data-already-tolerant": (
         {"send_release": SEND_RELEASE_FIXED},
         FIXED,
@@ -250,7 +294,7 @@ REWRITES = {
 
 
 @pytest.mark.parametrize(
-    ("before", "after", "functions"), rows(REWRITES, match_statement={"match-case"})
+    ("before", "after", "functions"), rows(REWRITES, match_statement=MATCH_ROWS)
 )
 def test_rewrites(before: dict[str, str], after: dict[str, str], functions: tuple[str]) -> None:
     expected = module(**after)
@@ -266,6 +310,16 @@ def test_rewrites(before: dict[str, str], after: dict[str, str], functions: tupl
 
 NOOPS = {
     "already-fixed": (FIXED, Outcome.FIXED_UPSTREAM),
+    # Python reads identifiers NFKC-normalised: fullwidth letters are the same names.
+    "already-fixed-fullwidth-names": (
+        {
+            **FIXED,
+            "reset": RESET_FIXED.replace(
+                "self.stream_buffers", "self.\uff53\uff54\uff52\uff45\uff41\uff4d_buffers"
+            ),
+        },
+        Outcome.FIXED_UPSTREAM,
+    ),
     "anycorn-helper-everywhere": (
         {
             "send_release": "await self._discard_send_state(stream_id)\n",
@@ -367,17 +421,85 @@ REFUSALS = {
         {"trailers": MATCH.replace("case Trailers():", "case Trailers() | Data():")},
         "`case Trailers():` alone, with no guard",
     ),
+    "second-priority-tree": (
+        {
+            "send_release": SEND_RELEASE.replace("self.priority", "self.send_order"),
+            "init": INIT + "self.send_order = priority.PriorityTree()\n",
+        },
+        "one priority tree: every insert_stream() on self.send_order",
+    ),
+    "buffers-used-from-another-dict": (
+        {"end_body": "self.other_buffers[event.stream_id].set_complete()\n"},
+        "one dict of stream buffers",
+    ),
+    "streams-never-inserted": (
+        {"store": "self.stream_buffers[request.stream_id] = StreamBuffer()\n"},
+        "streams inserted into self.priority",
+    ),
+    "send-data-misses-key-error": (
+        {"send_catch": "except (h2.exceptions.StreamClosedError, BufferCompleteError):"},
+        "the except clause that releases the send state to catch KeyError",
+    ),
+    "send-data-uses-state-outside-try": (
+        {"send_before": "await self._flush()\nself.priority.block(stream_id)\n"},
+        "every use of the send state in _send_data inside the try",
+    ),
+    "reset-pops-buffer-only": (
+        {"reset": RESET + "self.stream_buffers.pop(event.stream_id, None)\n"},
+        "the StreamReset branch to leave the stream's send buffer and priority node alone",
+    ),
+    "reset-calls-partial-release": (
+        {
+            "reset": RESET + "await self._forget(event.stream_id)\n",
+            "extra": "async def _forget(self, stream_id):\n"
+            "    del self.stream_buffers[stream_id]\n",
+        },
+        "the StreamReset branch to leave the stream's send buffer and priority node alone",
+    ),
+    "trailers-pop-buffer-after-send": (
+        {
+            "trailers": TRAILERS.replace(
+                "    await self._flush()", "    self.stream_buffers.pop(event.stream_id)"
+            )
+        },
+        "nothing after the trailers that uses the stream's send buffer",
+    ),
+    "reset-returns-early": (
+        {"reset": "if event.stream_id == 1:\n    return\n" + RESET},
+        "no return, raise, break or continue in the StreamReset branch",
+    ),
+    "handle-events-overridden-in-subclass": (
+        {
+            "after": "\n\nclass Sub(H2Protocol):\n"
+            "    async def _handle_events(self, events):\n"
+            "        pass\n"
+        },
+        "H2Protocol._handle_events not overridden in a subclass",
+    ),
+    "handle-events-defined-twice": (
+        {"extra": "async def _handle_events(self, events):\n    pass\n"},
+        "_handle_events is defined again later in the class body",
+    ),
+    "receiver-reassigned": (
+        {"reset": "self = self.parent\n" + RESET},
+        "`self` never reassigned in the method",
+    ),
     "no-reset-branch": (
         {"reset_kind": "h2.events.Other"},
         "one `if isinstance(<event>, StreamReset):` branch",
     ),
+    "reset-in-sync-method": (
+        {
+            "events": "def _handle_events(self, events):",
+            "reset": "self._close_stream(event.stream_id)\n",
+            "window": "self._window_updated(event.stream_id)\n",
+        },
+        "in an `async def` method",
+    ),
 }
 
 
-@pytest.mark.parametrize(
-    ("parts", "expected"),
-    rows(REFUSALS, match_statement={"guarded-case", "case-shared-with-others"}),
-)
+@pytest.mark.parametrize(("parts", "expected"), rows(REFUSALS, match_statement=MATCH_ROWS))
 def test_refusals(parts: dict[str, str], expected: str) -> None:
     source = module(**parts)
     cst.parse_module(source)

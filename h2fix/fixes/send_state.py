@@ -50,7 +50,18 @@ import libcst as cst
 from .._environment import Environment
 from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
-from ._scopes import self_name
+from ._syntax import (
+    bound_names,
+    class_names,
+    dotted,
+    identifier,
+    imported_as,
+    imports_name,
+    module_bindings,
+    statement_names,
+    walk,
+)
+from ._syntax import first_parameter as self_name
 
 NAME = "send_state"
 
@@ -92,9 +103,8 @@ class _Plan:
 
 
 def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    yield node
-    for child in node.children:
-        yield from _walk(child)
+    # Iterative: a deep tree must not exhaust the recursion limit.
+    return walk(node)
 
 
 def _only(line: cst.BaseStatement) -> cst.BaseSmallStatement | None:
@@ -119,9 +129,9 @@ def _self_attribute(node: cst.CSTNode, receiver: str) -> str | None:
     if (
         isinstance(node, cst.Attribute)
         and isinstance(node.value, cst.Name)
-        and node.value.value == receiver
+        and identifier(node.value) == receiver
     ):
-        return node.attr.value
+        return identifier(node.attr)
     return None
 
 
@@ -130,7 +140,7 @@ def _method_call(node: cst.CSTNode, method: str) -> tuple[cst.BaseExpression, li
     if (
         isinstance(node, cst.Call)
         and isinstance(node.func, cst.Attribute)
-        and node.func.attr.value == method
+        and identifier(node.func.attr) == method
     ):
         return node.func.value, list(node.args)
     return None
@@ -153,6 +163,11 @@ def _pure(node: cst.BaseExpression) -> bool:
 
 
 def _same(a: cst.CSTNode, b: cst.CSTNode) -> bool:
+    """Names and attribute chains as Python compares them (NFKC); anything else exactly."""
+    if isinstance(a, cst.BaseExpression) and isinstance(b, cst.BaseExpression):
+        name_a, name_b = dotted(a), dotted(b)
+        if name_a is not None or name_b is not None:
+            return name_a == name_b
     return a.deep_equals(b)
 
 
@@ -168,7 +183,7 @@ def _isinstance_of(test: cst.BaseExpression, names: tuple[str, ...]) -> cst.Base
     if not (
         isinstance(test, cst.Call)
         and isinstance(test.func, cst.Name)
-        and test.func.value == "isinstance"
+        and identifier(test.func) == "isinstance"
         and len(test.args) == 2
         and all(arg.keyword is None and not arg.star for arg in test.args)
     ):
@@ -176,7 +191,10 @@ def _isinstance_of(test: cst.BaseExpression, names: tuple[str, ...]) -> cst.Base
     kind = test.args[1].value
     if isinstance(kind, cst.Tuple) and len(kind.elements) == 1:
         kind = kind.elements[0].value
-    name = kind.attr.value if isinstance(kind, cst.Attribute) else getattr(kind, "value", None)
+    name = (
+        identifier(kind.attr) if isinstance(kind, cst.Attribute)
+        else identifier(kind) if isinstance(kind, cst.Name) else None
+    )  # fmt: skip
     return test.args[0].value if name in names else None
 
 
@@ -185,9 +203,9 @@ def _names_in(kind: cst.CSTNode) -> set[str]:
     found = set()
     for node in _walk(kind):
         if isinstance(node, cst.Attribute):
-            found.add(node.attr.value)
+            found.add(identifier(node.attr))
         elif isinstance(node, cst.Name):
-            found.add(node.value)
+            found.add(identifier(node))
     return found
 
 
@@ -274,7 +292,7 @@ def _releaser(method: cst.FunctionDef) -> tuple[str, str] | None:
     params = method.params.params
     if method.asynchronous is None or receiver is None or len(params) != 2:
         return None
-    stream_id = cst.Name(params[1].name.value)
+    stream_id = cst.Name(identifier(params[1].name))
     buffers = priority = None
     for node in _walk(method.body):
         popped = _method_call(node, "pop")
@@ -350,7 +368,7 @@ class _Fix:
                 )
             return Outcome.NOT_APPLICABLE
         if len(senders) > 1:
-            where = ", ".join(f"{c.name.value}.{m.name.value}" for c, m, _ in senders)
+            where = ", ".join(f"{identifier(c.name)}.{identifier(m.name)}" for c, m, _ in senders)
             self.refuse(
                 "<module>", "one method that releases send state", f"{len(senders)}: {where}"
             )
@@ -358,7 +376,10 @@ class _Fix:
         found = self._send_release(cls, method, handler)
         assert found is not None
         names, stock = found
+        self._prove_live(cls, method)
         self._prove_names(cls, names)
+        self._prove_one_tree_and_buffers(cls, names)
+        self._prove_send_data_catches(cls, method, handler, names)
         if stock:
             self._rewrite_send_release(cls, method, handler, names)
         self._trailers(cls, names)
@@ -385,22 +406,174 @@ class _Fix:
         if isinstance(awaited, cst.Call) and isinstance(awaited.func, cst.Attribute):
             helper = _self_attribute(awaited.func, receiver)
             for other in cls.body.body:
-                if isinstance(other, cst.FunctionDef) and other.name.value == helper:
+                if isinstance(other, cst.FunctionDef) and identifier(other.name) == helper:
                     pair = _releaser(other)
                     if pair is not None:
                         return _Names(pair[0], pair[1], _releasers(cls)), False
         return None
 
+    def _prove_live(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
+        """The method is the one the server runs, and its first parameter is the protocol
+        object: its class is bound once in the module, it is not decorated, not replaced
+        by a later definition in the class body, not overridden by a subclass in the module,
+        and its receiver is never reassigned in it."""
+        name = identifier(method.name)
+        where = f"{identifier(cls.name)}.{name}"
+        bound = module_bindings(self.module).get(identifier(cls.name), [])
+        if len(bound) != 1 or bound[0] is not cls:
+            self.refuse(
+                where,
+                "the class defined once in the module (with two definitions, which one runs "
+                "depends on how the module executes)",
+                f"class {identifier(cls.name)} bound {len(bound)} times",
+            )
+        if method.decorators:
+            self.refuse(
+                where,
+                "a plain method (a decorator may make its first parameter something other "
+                "than the protocol object)",
+                f"@{self.code(method.decorators[0].decorator)}",
+            )
+        if _rebound_later(cls, method):
+            self.refuse(
+                where,
+                f"{name} defined once in class {identifier(cls.name)} (a later definition "
+                "replaces this one, which then never runs)",
+                f"{name} bound again later in the class body",
+            )
+        for subclass in self._subclasses(cls):
+            if name in class_names(subclass):
+                self.refuse(
+                    where,
+                    f"{where} not overridden in a subclass in the module (the server may run "
+                    "the override instead)",
+                    f"class {identifier(subclass.name)} defines {name}",
+                )
+        receiver = self_name(method)
+        if receiver is not None and receiver in bound_names(method.body):
+            self.refuse(
+                where,
+                f"`{receiver}` never reassigned in the method (it names the protocol object)",
+                f"an assignment to {receiver} in {where}",
+            )
+
+    def _subclasses(self, cls: cst.ClassDef) -> list[cst.ClassDef]:
+        """The module-level classes that derive from `cls`, directly or not."""
+        found: list[cst.ClassDef] = []
+        names = {identifier(cls.name)}
+        changed = True
+        while changed:
+            changed = False
+            for candidate in self.module.body:
+                if not isinstance(candidate, cst.ClassDef) or candidate in (cls, *found):
+                    continue
+                if any(dotted(base.value) in names for base in candidate.bases):
+                    found.append(candidate)
+                    names.add(identifier(candidate.name))
+                    changed = True
+        return found
+
+    def _family_methods(self, cls: cst.ClassDef) -> Iterator[cst.FunctionDef]:
+        for member in (cls, *self._subclasses(cls)):
+            for method in member.body.body:
+                if isinstance(method, cst.FunctionDef):
+                    yield method
+
+    def _prove_one_tree_and_buffers(self, cls: cst.ClassDef, names: _Names) -> None:
+        """The tree `_send_data` removes from is the one streams are inserted into, blocked
+        and unblocked in; the buffers it deletes from are the ones every stream buffer is
+        stored in and used from. A second tree or dict would keep the state the release
+        misses (or lack the node it removes: MissingStreamError kills the server)."""
+        where = identifier(cls.name)
+        inserted = False
+        for method in self._family_methods(cls):
+            receiver = self_name(method)
+            if receiver is None:
+                continue
+            for node in _walk(method):
+                call = _any_method_call(node)
+                if call is None:
+                    continue
+                owner, called = call
+                if called in _TREE_METHODS:
+                    attribute = _self_attribute(owner, receiver)
+                    if attribute is not None and attribute != names.priority:
+                        self.refuse(
+                            where,
+                            f"one priority tree: every {called}() on self.{names.priority}, "
+                            "the tree _send_data removes streams from",
+                            node,
+                        )
+                    inserted |= attribute == names.priority and called == "insert_stream"
+                item = _subscript_key(owner)
+                if called in _BUFFER_METHODS and item is not None:
+                    attribute = _self_attribute(item[0], receiver)
+                    if attribute is not None and attribute != names.buffers:
+                        self.refuse(
+                            where,
+                            f"one dict of stream buffers: every buffer used from "
+                            f"self.{names.buffers}, the dict _send_data deletes from",
+                            node,
+                        )
+        if not inserted:
+            self.refuse(
+                where,
+                f"streams inserted into self.{names.priority} (the tree _send_data removes "
+                "them from)",
+                f"no self.{names.priority}.insert_stream(...) in class {where}",
+            )
+
+    def _prove_send_data_catches(
+        self,
+        cls: cst.ClassDef,
+        method: cst.FunctionDef,
+        handler: cst.ExceptHandler,
+        names: _Names,
+    ) -> None:
+        """Once the state can be released while `_send_data` awaits (a flush, a buffer's
+        pop), its next `self.<buffers>[id]` raises KeyError and `remove_stream` raises
+        MissingStreamError (a KeyError): the try around every such access must catch it,
+        or the send task dies, and with it the connection (trio: the server)."""
+        where = f"{identifier(cls.name)}.{identifier(method.name)}"
+        attempt = next(
+            (n for n in _walk(method) if isinstance(n, cst.Try) and handler in n.handlers), None
+        )
+        assert attempt is not None  # the handler came from this method
+        caught = _names_in(handler.type) if handler.type is not None else {"BaseException"}
+        if not caught & _CATCHES_KEY_ERROR:
+            self.refuse(
+                where,
+                "the except clause that releases the send state to catch KeyError (the "
+                "state may now be released while _send_data awaits)",
+                f"except {self.code(handler.type) if handler.type is not None else ''}:",
+            )
+        receiver = self_name(method)
+        assert receiver is not None
+        state = {f"{receiver}.{names.buffers}", f"{receiver}.{names.priority}"}
+        guarded = {id(n) for n in _walk(attempt.body)} | {id(n) for n in _walk(handler)}
+        for node in _walk(method.body):
+            if (
+                isinstance(node, cst.Attribute)
+                and dotted(node) in state
+                and id(node) not in guarded
+            ):
+                self.refuse(
+                    where,
+                    "every use of the send state in _send_data inside the try whose except "
+                    "clause releases it (KeyError is caught there)",
+                    f"{self.code(node)} outside it",
+                )
+
     def _prove_names(self, cls: cst.ClassDef, names: _Names) -> None:
         """__init__ makes the tree a priority.PriorityTree and the buffers an empty dict of a
         buffer class this module defines with an async close(); nothing else rebinds them."""
-        where = cls.name.value
+        where = identifier(cls.name)
         buffer_classes = {
-            node.name.value
+            identifier(node.name)
             for node in self.module.body
             if isinstance(node, cst.ClassDef)
             and any(
-                isinstance(m, cst.FunctionDef) and m.name.value == "close" and m.asynchronous
+                isinstance(m, cst.FunctionDef) and identifier(m.name) == "close" and m.asynchronous
                 for m in node.body.body
             )
         }
@@ -418,7 +591,7 @@ class _Fix:
                     targets = [(node.target, node.value)]
                 for target, value in targets:
                     attr = _self_attribute(target, receiver) if receiver else None
-                    in_init = method.name.value == "__init__"
+                    in_init = identifier(method.name) == "__init__"
                     if attr == names.priority:
                         if not (in_init and value is not None and self._priority_tree(value)):
                             self.refuse(
@@ -438,7 +611,7 @@ class _Fix:
                         if not (
                             isinstance(value, cst.Call)
                             and isinstance(value.func, cst.Name)
-                            and value.func.value in buffer_classes
+                            and identifier(value.func) in buffer_classes
                         ):
                             self.refuse(
                                 where,
@@ -470,45 +643,42 @@ class _Fix:
             leading_lines=first.leading_lines
         )
         self.plan.blocks[id(handler.body)] = [release]
-        self.plan.changed[f"{cls.name.value}.{method.name.value}"] = None
+        self.plan.changed[f"{identifier(cls.name)}.{identifier(method.name)}"] = None
 
     def _priority_tree(self, value: cst.BaseExpression) -> bool:
-        """`priority.PriorityTree()` after `import priority`, or `PriorityTree()` after
-        `from priority import PriorityTree` (its remove_stream is the one called)."""
+        """`<m>.PriorityTree()` after `import priority [as <m>]`, or `<n>()` after
+        `from priority import PriorityTree [as <n>]`, each the one binding of its name in
+        the module (its remove_stream is then the one called)."""
         if not (isinstance(value, cst.Call) and not value.args):
             return False
-        modules: set[str] = set()  # import priority
-        names: set[str] = set()  # from priority import PriorityTree
-        for line in self.module.body:
-            small = _only(line)
-            if isinstance(small, cst.Import):
-                modules |= {self.code(a.name) for a in small.names if a.asname is None}
-            elif (
-                isinstance(small, cst.ImportFrom)
-                and small.module is not None
-                and self.code(small.module) == "priority"
-                and not isinstance(small.names, cst.ImportStar)
-            ):
-                names |= {self.code(a.name) for a in small.names if a.asname is None}
-        if isinstance(value.func, cst.Attribute):
-            return "priority" in modules and self.code(value.func) == "priority.PriorityTree"
-        return isinstance(value.func, cst.Name) and value.func.value in names & {"PriorityTree"}
+        bindings = module_bindings(self.module)
+        if isinstance(value.func, cst.Attribute) and isinstance(value.func.value, cst.Name):
+            if identifier(value.func.attr) != "PriorityTree":
+                return False
+            alias = identifier(value.func.value)
+            found = bindings.get(alias, [])
+            return len(found) == 1 and _imports_module_as(found[0], "priority", alias)
+        if isinstance(value.func, cst.Name):
+            bound = identifier(value.func)
+            found = bindings.get(bound, [])
+            return len(found) == 1 and imports_name(found[0], "priority", "PriorityTree", bound)
+        return False
 
     # After the trailers, sent with END_STREAM
 
     def _trailers(self, cls: cst.ClassDef, names: _Names) -> None:
         branches: list[tuple[cst.FunctionDef, _Branch, tuple[cst.Try, ...]]] = []
-        for method in cls.body.body:
-            if not isinstance(method, cst.FunctionDef):
-                continue
-            for branch, tries in _branches(method.body, ()):
+        for method in _live_methods(cls):
+            for branch, tries, dead in _branches(method.body, ()):
+                if dead:
+                    continue
                 if isinstance(branch, cst.If):
                     if _isinstance_of(branch.test, ("Trailers",)) is not None:
                         branches.append((method, branch, tries))
                 elif "Trailers" in _names_in(branch.pattern):
                     if not _case_of(branch.pattern, "Trailers") or branch.guard is not None:
                         self.refuse(
-                            f"{cls.name.value}.{method.name.value}",
+                            f"{identifier(cls.name)}.{identifier(method.name)}",
                             "`case Trailers():` alone, with no guard (END_STREAM is for "
                             "trailers only)",
                             _shown(branch),
@@ -518,10 +688,10 @@ class _Fix:
             self.plan.notes.append("no trailers support in this version")
             return
         if len(branches) > 1:
-            where = ", ".join(m.name.value for m, _, _ in branches)
-            self.refuse(cls.name.value, "one Trailers branch", f"{len(branches)}: in {where}")
+            where = ", ".join(identifier(m.name) for m, _, _ in branches)
+            self.refuse(identifier(cls.name), "one Trailers branch", f"{len(branches)}: in {where}")
         method, branch, tries = branches[0]
-        where = f"{cls.name.value}.{method.name.value}"
+        where = f"{identifier(cls.name)}.{identifier(method.name)}"
         receiver = self_name(method)
         if receiver is None or method.asynchronous is None:
             self.refuse(where, "the Trailers branch in an `async def` method", _shown(branch))
@@ -562,7 +732,20 @@ class _Fix:
                 "the stream id of send_headers as a name or attribute (it is repeated)",
                 _shown(branch),
             )
-        if any(_releases(line, receiver, names, stream_id) for line in body.body[send_index + 1 :]):
+        self._prove_live(cls, method)
+        after = body.body[send_index + 1 :]
+        mutators = self._mutators(cls, names)
+        for line in after:
+            if not _releases(line, receiver, names, stream_id) and self._touches(
+                line, receiver, names, mutators
+            ):
+                self.refuse(
+                    where,
+                    "nothing after the trailers that uses the stream's send buffer or "
+                    "priority node, but one recognised release",
+                    line,
+                )
+        if any(_releases(line, receiver, names, stream_id) for line in after):
             return
         self._prove_catches(where, tries)
         lines = list(body.body)
@@ -589,19 +772,47 @@ class _Fix:
     # At the end of the StreamReset branch
 
     def _reset(self, cls: cst.ClassDef, names: _Names) -> None:
-        branches = [
-            (method, branch, subject)
+        # A redefined method's branch never runs; but which definition runs is for
+        # every fix to agree on, so a second one is refused rather than skipped.
+        replaced = [
+            method
             for method in cls.body.body
             if isinstance(method, cst.FunctionDef)
-            for branch, _ in _branches(method.body, ())
-            if isinstance(branch, cst.If)
-            and (subject := _isinstance_of(branch.test, ("StreamReset",))) is not None
+            and _rebound_later(cls, method)
+            and any(_reset_subject(b, _subjects(method)) for b, _, _ in _branches(method.body, ()))
         ]
+        if replaced:
+            name = identifier(replaced[0].name)
+            self.refuse(
+                f"{identifier(cls.name)}.{name}",
+                f"the StreamReset branch in a method defined once ({name} is defined again "
+                "later in the class body)",
+                f"{name} bound again later in class {identifier(cls.name)}",
+            )
+        branches = [
+            (method, branch, subject)
+            for method in _live_methods(cls)
+            for branch, _, dead in _branches(method.body, ())
+            if not dead and (subject := _reset_subject(branch, _subjects(method))) is not None
+        ]
+        for method, branch, _ in branches:
+            if isinstance(branch, cst.MatchCase) and (
+                not _case_of(branch.pattern, "StreamReset") or branch.guard is not None
+            ):
+                self.refuse(
+                    f"{identifier(cls.name)}.{identifier(method.name)}",
+                    "`case StreamReset():` alone, with no guard (the release is for resets only)",
+                    _shown(branch),
+                )
         if len(branches) != 1:
-            where = ", ".join(m.name.value for m, _, _ in branches) or "none"
-            self.refuse(cls.name.value, "one `if isinstance(<event>, StreamReset):` branch", where)
+            where = ", ".join(identifier(m.name) for m, _, _ in branches) or "none"
+            self.refuse(
+                identifier(cls.name),
+                "one `if isinstance(<event>, StreamReset):` branch (or `case StreamReset():`)",
+                where,
+            )
         method, branch, subject = branches[0]
-        where = f"{cls.name.value}.{method.name.value}"
+        where = f"{identifier(cls.name)}.{identifier(method.name)}"
         receiver = self_name(method)
         if receiver is None or method.asynchronous is None or not isinstance(subject, cst.Name):
             self.refuse(
@@ -609,14 +820,256 @@ class _Fix:
                 "the StreamReset branch in an `async def` method, testing a plain name",
                 _shown(branch),
             )
+        self._prove_live(cls, method)
         body = branch.body
         if not isinstance(body, cst.IndentedBlock):
             self.refuse(where, "the StreamReset branch body on its own lines", _shown(branch))
-        stream_id = cst.Attribute(value=cst.Name(subject.value), attr=cst.Name("stream_id"))
-        if any(_releases(line, receiver, names, stream_id) for line in body.body):
+        if identifier(subject) in bound_names(body):
+            self.refuse(
+                where,
+                f"`{identifier(subject)}` not reassigned in the StreamReset branch (the "
+                f"release names {identifier(subject)}.stream_id)",
+                _shown(branch),
+            )
+        stream_id = cst.Attribute(value=cst.Name(identifier(subject)), attr=cst.Name("stream_id"))
+        end = self._reset_end(where, branch, body)
+        mutators = self._mutators(cls, names)
+        live = body.body[:end]
+        released = False
+        for index, line in enumerate(live):
+            if _releases(line, receiver, names, stream_id):
+                released = True
+                continue
+            pair = (*live[index - 1 : index + 1],) if index else ()
+            if _inline_release(live[index : index + 2], receiver, names, stream_id):
+                released = True
+                continue
+            if _inline_release(pair, receiver, names, stream_id):
+                continue
+            if self._touches(line, receiver, names, mutators):
+                self.refuse(
+                    where,
+                    "the StreamReset branch to leave the stream's send buffer and priority "
+                    "node alone, or to release both with one recognised release (anything "
+                    "else, such as a buffer popped alone, leaves the node for good)",
+                    line,
+                )
+        if released:
             return
-        self.plan.blocks[id(body)] = [*body.body, self.release(receiver, names, stream_id)]
+        lines = list(body.body)
+        lines.insert(end, self.release(receiver, names, stream_id))
+        self.plan.blocks[id(body)] = lines
         self.plan.changed[where] = None
+
+    def _reset_end(self, where: str, branch: _Branch, body: cst.IndentedBlock) -> int:
+        """Where the release goes: the end of the branch, or before the bare `continue`,
+        `break` or `return` that ends it (after one it would never run)."""
+        lines = body.body
+        for index, line in enumerate(lines):
+            small = _only(line)
+            last = index == len(lines) - 1
+            bare = isinstance(small, (cst.Continue, cst.Break)) or (
+                isinstance(small, cst.Return) and small.value is None
+            )
+            if last and bare:
+                return index
+            if any(isinstance(n, _JUMPS) for n in _walk(line)):
+                self.refuse(
+                    where,
+                    "no return, raise, break or continue in the StreamReset branch but a bare "
+                    "one ending it (the release must run on every path through the branch)",
+                    _shown(branch),
+                )
+        return len(lines)
+
+    def _mutators(self, cls: cst.ClassDef, names: _Names) -> frozenset[str]:
+        """Methods of the class that add to or take from the buffers or the tree,
+        themselves or through another such method."""
+        methods = {identifier(m.name): m for m in _live_methods(cls)}
+        found = {
+            name
+            for name, method in methods.items()
+            if (receiver := self_name(method)) is not None
+            and any(_mutates(n, receiver, names) for n in _walk(method.body))
+        }
+        changed = True
+        while changed:
+            changed = False
+            for name, method in methods.items():
+                receiver = self_name(method)
+                if name in found or receiver is None:
+                    continue
+                if any(_calls_own(n, receiver) & found for n in _walk(method.body)):
+                    found.add(name)
+                    changed = True
+        return frozenset(found)
+
+    def _touches(
+        self,
+        line: cst.BaseStatement,
+        receiver: str,
+        names: _Names,
+        mutators: frozenset[str],
+    ) -> bool:
+        """The statement uses the buffers or the tree, or calls a method that changes them."""
+        state = {f"{receiver}.{names.buffers}", f"{receiver}.{names.priority}"}
+        for node in _walk(line):
+            if isinstance(node, cst.Attribute) and dotted(node) in state:
+                return True
+            if _calls_own(node, receiver) & mutators:
+                return True
+        return False
+
+
+def _imports_module_as(node: cst.CSTNode, module: str, bound: str) -> bool:
+    """`node` is `import <module> as <bound>` (or `import <module>` binding `bound`)."""
+    return isinstance(node, cst.Import) and any(
+        dotted(alias.name) == module and imported_as(alias) == bound for alias in node.names
+    )
+
+
+# Methods of a priority.PriorityTree that name a stream in it.
+_TREE_METHODS = frozenset({"insert_stream", "remove_stream", "block", "unblock", "reprioritize"})
+# Methods of a stream buffer (called on `self.<buffers>[id]`).
+_BUFFER_METHODS = frozenset({"drain", "push", "pop", "set_complete", "close"})
+# An except clause naming one of these catches KeyError.
+_CATCHES_KEY_ERROR = frozenset({"KeyError", "LookupError", "Exception", "BaseException"})
+
+
+def _any_method_call(node: cst.CSTNode) -> tuple[cst.BaseExpression, str] | None:
+    """(object, method) for `<object>.<method>(...)`."""
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+        return node.func.value, identifier(node.func.attr)
+    return None
+
+
+_JUMPS = (cst.Return, cst.Raise, cst.Break, cst.Continue)
+
+
+def _reset_subject(
+    branch: _Branch, subjects: dict[int, cst.BaseExpression]
+) -> cst.BaseExpression | None:
+    """`event` for `if isinstance(event, StreamReset):`, or for a case naming StreamReset in
+    `match event:` (`subjects`: id(case) -> its match's subject), else None."""
+    if isinstance(branch, cst.If):
+        return _isinstance_of(branch.test, ("StreamReset",))
+    if "StreamReset" in _names_in(branch.pattern):
+        return subjects.get(id(branch))
+    return None
+
+
+def _subjects(method: cst.FunctionDef) -> dict[int, cst.BaseExpression]:
+    """id(case) -> the subject of its match statement, for every match in the method."""
+    return {
+        id(case): node.subject
+        for node in _walk(method)
+        if isinstance(node, cst.Match)
+        for case in node.cases
+    }
+
+
+def _inline_release(
+    lines: Sequence[cst.BaseStatement],
+    receiver: str,
+    names: _Names,
+    stream_id: cst.BaseExpression,
+) -> bool:
+    """The two statements release the stream's state as anycorn's helper does:
+
+    <b> = self.<buffers>.pop(<id>, None)
+    if <b> is not None:
+        self.<priority>.remove_stream(<id>)
+        await <b>.close()
+    """
+    if len(lines) != 2:
+        return False
+    popping, check = lines
+    small = _only(popping)
+    if not (
+        isinstance(small, cst.Assign)
+        and len(small.targets) == 1
+        and isinstance(small.targets[0].target, cst.Name)
+        and isinstance(check, cst.If)
+        and check.orelse is None
+        and isinstance(check.body, cst.IndentedBlock)
+        and len(check.body.body) == 2
+    ):
+        return False
+    local = small.targets[0].target
+    popped = _method_call(small.value, "pop")
+    test = check.test
+    if not (
+        popped is not None
+        and _self_attribute(popped[0], receiver) == names.buffers
+        and len(popped[1]) == 2
+        and all(arg.keyword is None and not arg.star for arg in popped[1])
+        and _same(popped[1][0].value, stream_id)
+        and dotted(popped[1][1].value) == "None"
+        and isinstance(test, cst.Comparison)
+        and len(test.comparisons) == 1
+        and isinstance(test.comparisons[0].operator, cst.IsNot)
+        and _same(test.left, local)
+        and dotted(test.comparisons[0].comparator) == "None"
+    ):
+        return False
+    removal = _expression(check.body.body[0])
+    removed = _method_call(removal, "remove_stream") if removal is not None else None
+    closing = _awaited(check.body.body[1])
+    closed = _method_call(closing, "close") if closing is not None else None
+    return (
+        removed is not None
+        and _self_attribute(removed[0], receiver) == names.priority
+        and _one_argument(removed[1], stream_id)
+        and closed is not None
+        and not closed[1]
+        and _same(closed[0], local)
+    )
+
+
+def _live_methods(cls: cst.ClassDef) -> list[cst.FunctionDef]:
+    """The methods of the class body that no later statement of it replaces."""
+    return [
+        method
+        for method in cls.body.body
+        if isinstance(method, cst.FunctionDef) and not _rebound_later(cls, method)
+    ]
+
+
+def _calls_own(node: cst.CSTNode, receiver: str) -> set[str]:
+    """{m} for `<receiver>.m(...)`, else nothing."""
+    call = _any_method_call(node)
+    if call is None or not isinstance(call[0], cst.Name) or identifier(call[0]) != receiver:
+        return set()
+    return {call[1]}
+
+
+def _mutates(node: cst.CSTNode, receiver: str, names: _Names) -> bool:
+    """The node adds to or takes from the buffers or the tree (reading, unblocking and
+    using a buffer do neither)."""
+    buffers, tree = f"{receiver}.{names.buffers}", f"{receiver}.{names.priority}"
+    targets: list[cst.BaseExpression] = []
+    if isinstance(node, cst.Assign):
+        targets = [target.target for target in node.targets]
+    elif isinstance(node, (cst.AnnAssign, cst.AugAssign, cst.Del)):
+        targets = [node.target]
+    for target in targets:
+        for part in _walk(target):
+            if isinstance(part, cst.Attribute) and dotted(part) in (buffers, tree):
+                return True
+    call = _any_method_call(node)
+    if call is None:
+        return False
+    owner = dotted(call[0])
+    if owner == buffers:
+        return call[1] not in ("get", "keys", "values", "items", "copy")
+    return owner == tree and call[1] in ("insert_stream", "remove_stream")
+
+
+def _rebound_later(cls: cst.ClassDef, method: cst.FunctionDef) -> bool:
+    """A later statement of the class body binds the method's name: this one never runs."""
+    statements = list(cls.body.body)
+    position = next(i for i, s in enumerate(statements) if s is method)
+    return identifier(method.name) in statement_names(statements[position + 1 :])
 
 
 def _handlers(method: cst.FunctionDef) -> Iterator[cst.ExceptHandler]:
@@ -629,22 +1082,32 @@ _Branch = Union[cst.If, cst.MatchCase]
 
 
 def _branches(
-    node: cst.CSTNode, tries: tuple[cst.Try, ...]
-) -> Iterator[tuple[_Branch, tuple[cst.Try, ...]]]:
+    node: cst.CSTNode, tries: tuple[cst.Try, ...], dead: bool = False
+) -> Iterator[tuple[_Branch, tuple[cst.Try, ...], bool]]:
     """Every `if`/`elif` and `case` in a function body (not in nested functions or classes),
-    with the `try` statements whose body holds it."""
+    with the `try` statements whose body holds it, and whether a return, raise, break or
+    continue before it in an enclosing block means it never runs."""
     if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
         return
     if isinstance(node, (cst.If, cst.MatchCase)):
-        yield node, tries
+        yield node, tries, dead
+    if isinstance(node, cst.IndentedBlock):
+        jumped = dead
+        for statement in node.body:
+            yield from _branches(statement, tries, jumped)
+            jumped = jumped or (
+                isinstance(statement, cst.SimpleStatementLine)
+                and any(isinstance(small, _JUMPS) for small in statement.body)
+            )
+        return
     if isinstance(node, cst.Try):
-        yield from _branches(node.body, (*tries, node))
+        yield from _branches(node.body, (*tries, node), dead)
         for child in node.children:
             if child is not node.body:
-                yield from _branches(child, tries)
+                yield from _branches(child, tries, dead)
         return
     for child in node.children:
-        yield from _branches(child, tries)
+        yield from _branches(child, tries, dead)
 
 
 def _shown(branch: _Branch) -> _Branch:
@@ -658,7 +1121,7 @@ def _case_of(pattern: cst.MatchPattern, name: str) -> bool:
         return False
     kind = pattern.cls
     found = kind.attr if isinstance(kind, cst.Attribute) else kind
-    return isinstance(found, cst.Name) and found.value == name
+    return isinstance(found, cst.Name) and identifier(found) == name
 
 
 def _end_stream(args: Sequence[cst.Arg]) -> bool | None:
@@ -666,20 +1129,20 @@ def _end_stream(args: Sequence[cst.Arg]) -> bool | None:
     (not a literal)."""
     if any(arg.star for arg in args):
         return None
-    keyword = [a for a in args if a.keyword is not None and a.keyword.value == "end_stream"]
+    keyword = [a for a in args if a.keyword is not None and identifier(a.keyword) == "end_stream"]
     positional = [a for a in args if a.keyword is None]
     slot = keyword or positional[2:3]
     if not slot:
         return False
     value = slot[0].value
-    if isinstance(value, cst.Name) and value.value in ("True", "False"):
-        return value.value == "True"
+    if isinstance(value, cst.Name) and identifier(value) in ("True", "False"):
+        return identifier(value) == "True"
     return None
 
 
 def _stream_id(args: Sequence[cst.Arg]) -> cst.BaseExpression | None:
     for arg in args:
-        if arg.keyword is not None and arg.keyword.value == "stream_id":
+        if arg.keyword is not None and identifier(arg.keyword) == "stream_id":
             return arg.value
     positional = [arg for arg in args if arg.keyword is None]
     return positional[0].value if positional else None
@@ -687,7 +1150,7 @@ def _stream_id(args: Sequence[cst.Arg]) -> cst.BaseExpression | None:
 
 def _releasers(cls: cst.ClassDef) -> frozenset[str]:
     return frozenset(
-        method.name.value
+        identifier(method.name)
         for method in cls.body.body
         if isinstance(method, cst.FunctionDef) and _releaser(method) is not None
     )
