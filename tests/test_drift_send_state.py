@@ -549,6 +549,22 @@ send_data_except_exception = replacing(
 
 syntax_error = replacing((FLUSH_DEF, FLUSH_DEF.replace(":\n", "\n")))
 
+# An arm before the StreamReset branch that takes every event: the branch never runs, and a
+# release put there would be "applied" while resets still leak (added by h2fix's authors).
+RESET_ARM = "            elif isinstance(event, h2.events.StreamReset):\n"
+catch_all_before_reset = replacing(
+    (
+        RESET_ARM,
+        "            elif isinstance(event, h2.events.Event):\n                pass\n" + RESET_ARM,
+    )
+)
+test_before_reset = replacing(
+    (
+        RESET_ARM,
+        "            elif getattr(event, 'stream_id', None):\n                pass\n" + RESET_ARM,
+    )
+)
+
 
 def long_expression(text: str) -> str:
     return text + "\nSIZES = " + " + ".join(["1"] * 3000) + "\n"
@@ -589,6 +605,8 @@ VARIANTS = {
     "priority-module-aliased": Variant(priority_module_aliased, "fix"),
     # the trailers branch's surroundings
     "trailers-without-try": Variant(trailers_without_try, "refuse"),
+    "catch-all-before-reset": Variant(catch_all_before_reset, "refuse"),
+    "other-test-before-reset": Variant(test_before_reset, "refuse"),
     "trailers-except-without-missing-stream": Variant(
         trailers_except_without_missing_stream, "refuse"
     ),
@@ -651,9 +669,7 @@ def original() -> str:
     return h2_source("hypercorn", "0.17.3")
 
 
-def rewrite_or_refusal(
-    text: str, fixes: list[str] | None
-) -> h2fix.Rewrite | h2fix.H2FixError:
+def rewrite_or_refusal(text: str, fixes: list[str] | None) -> h2fix.Rewrite | h2fix.H2FixError:
     """The rewrite, or the refusal: code h2fix cannot prove (UnrecognisedStructureError) or
     cannot read (InvalidSourceError); anything else (a SyntaxError, a RecursionError, another
     error) propagates and fails the test."""

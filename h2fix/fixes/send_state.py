@@ -821,6 +821,15 @@ class _Fix:
                 _shown(branch),
             )
         self._prove_live(cls, method)
+        taken_before = _earlier_arm_that_may_take(method, branch, identifier(subject))
+        if taken_before is not None:
+            self.refuse(
+                where,
+                f"only isinstance({identifier(subject)}, <h2 event>) tests (or class patterns) "
+                "before the StreamReset branch: anything else may take the reset first, and "
+                "the release would never run",
+                taken_before,
+            )
         body = branch.body
         if not isinstance(body, cst.IndentedBlock):
             self.refuse(where, "the StreamReset branch body on its own lines", _shown(branch))
@@ -1108,6 +1117,71 @@ def _branches(
         return
     for child in node.children:
         yield from _branches(child, tries, dead)
+
+
+# Names under which an earlier arm could match a StreamReset too.
+_TAKES_RESETS = frozenset({"StreamReset", "Event", "object"})
+
+
+def _earlier_arm_that_may_take(
+    method: cst.FunctionDef, branch: _Branch, subject: str
+) -> cst.CSTNode | None:
+    """An arm of the same if/elif chain or match before `branch` that could take a
+    StreamReset first (a test other than isinstance(<subject>, <named classes>), or a
+    catch-all pattern), if any."""
+    for node in walk(method.body):
+        arms: list[cst.CSTNode] = []
+        if isinstance(node, cst.If):
+            chain: cst.CSTNode | None = node
+            while isinstance(chain, cst.If):
+                arms.append(chain)
+                orelse = chain.orelse
+                if isinstance(orelse, cst.Else) and isinstance(orelse.body, cst.IndentedBlock):
+                    inner = orelse.body.body
+                    orelse = inner[0] if len(inner) == 1 and isinstance(inner[0], cst.If) else None
+                chain = orelse
+        elif isinstance(node, cst.Match):
+            arms = list(node.cases)
+        if not any(arm is branch for arm in arms):
+            continue
+        for arm in arms:
+            if arm is branch:
+                return None
+            if not _tests_named_classes(arm, subject):
+                return arm.with_changes(orelse=None) if isinstance(arm, cst.If) else arm
+    return None
+
+
+def _tests_named_classes(arm: cst.CSTNode, subject: str) -> bool:
+    """`isinstance(<subject>, A)` / `(A, b.B)`, or `case A():` / `case A() | B():`, with no
+    class among them that a StreamReset also is."""
+    names: list[str | None] = []
+    if isinstance(arm, cst.If):
+        test = arm.test
+        if not (
+            isinstance(test, cst.Call)
+            and dotted(test.func) == "isinstance"
+            and len(test.args) == 2
+            and dotted(test.args[0].value) == subject
+        ):
+            return False
+        kinds = test.args[1].value
+        elements = kinds.elements if isinstance(kinds, cst.Tuple) else [cst.Element(kinds)]
+        names = [dotted(element.value) for element in elements]
+    elif isinstance(arm, cst.MatchCase):
+        pattern = arm.pattern
+        options = (
+            [element.pattern for element in pattern.patterns]
+            if isinstance(pattern, cst.MatchOr)
+            else [pattern]
+        )
+        for option in options:
+            if not isinstance(option, cst.MatchClass):
+                return False  # `case _:`, a capture, a value: may take anything
+            names.append(dotted(option.cls))
+    else:
+        return False
+    return all(name is not None and name.rsplit(".", 1)[-1] not in _TAKES_RESETS for name in names)
 
 
 def _shown(branch: _Branch) -> _Branch:
