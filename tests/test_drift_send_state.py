@@ -39,6 +39,7 @@ from h2fix._probe import serving as serving_command
 from support.isolated import copy_package
 from support.releases import h2_source
 from support.servers import TESTS
+from support.versions import served_on_default_python
 
 Edit = Callable[[str], str]
 
@@ -947,6 +948,7 @@ def test_the_check_catches_the_fault(
     assert behaviour_problems(served)
 
 
+@served_on_default_python
 @pytest.mark.server
 @pytest.mark.parametrize("name", VARIANTS)
 def test_rewritten_variant_serves(

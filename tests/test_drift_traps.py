@@ -42,6 +42,7 @@ from h2fix._probe import free_port
 from h2fix._probe import serving as serving_command
 from support.isolated import copy_package
 from support.releases import h2_source
+from support.versions import served_on_default_python
 
 TESTS = Path(__file__).resolve().parent
 
@@ -1079,6 +1080,7 @@ def grpc_calls(port: int) -> None:
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
 
 
+@served_on_default_python
 @pytest.mark.server
 @pytest.mark.parametrize("name", SERVABLE)
 def test_patched_variant_serves_grpc(tmp_path: Path, original: str, name: str) -> None:

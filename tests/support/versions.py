@@ -37,3 +37,13 @@ def rows(table: dict[str, tuple[Any, ...]], *, match_statement: Collection[str] 
         pytest.param(*row, id=name, marks=needs_match_statement if name in match_statement else ())
         for name, row in table.items()
     ]
+
+
+# The served drift corpora check what a rewrite does to a server, which does not depend on the
+# Python running the tests; run once, on CI's default Python, they keep CI's three Pythons in time.
+DEFAULT_PYTHON = (3, 11)
+served_on_default_python = pytest.mark.skipif(
+    sys.version_info[:2] != DEFAULT_PYTHON,
+    reason="the served drift corpus runs on CI's default Python 3.11 only (what a rewrite does "
+    "to a server does not depend on the tests' Python; the rewrites themselves are checked here)",
+)
