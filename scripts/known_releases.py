@@ -80,7 +80,10 @@ def render(sources: dict[str, str]) -> str:
     entries: dict[tuple[str, str, str], tuple[object, ...]] = {}
     for label, source in sources.items():
         file = digest(source)
-        releases[file] = f"{releases[file]}, {label}" if file in releases else label
+        if file in releases:  # many releases ship the same protocol/h2.py: rewrite it once
+            releases[file] = f"{releases[file]}, {label}"
+            continue
+        releases[file] = label
         for environment in ENVIRONMENTS:
             marked = replace(environment, h2_version=H2_VERSION_MARK)
             for selected in fix_sets():
