@@ -21,6 +21,7 @@ from h2fix._results import FixOutcome, Outcome, Report
 from h2fix._verdict import render, usable_fixes
 from support.isolated import copy_package, run_python
 from support.releases import unpacked
+from support.versions import needs_hypercorn_018
 
 ROWS = [check.label for check in CHECKS]
 TRAILER_ROWS = ROWS[:4]
@@ -62,6 +63,7 @@ def test_installed_0173_every_fault_fixed() -> None:
 
 @pytest.mark.server
 @pytest.mark.network
+@needs_hypercorn_018
 def test_0180_two_fixed_upstream_two_applied() -> None:
     result = verify(unpacked("hypercorn", "0.18.0"))
     assert result.returncode == 0, result.stdout + result.stderr
