@@ -559,7 +559,7 @@ catch_all_before_reset = replacing(
         "            elif isinstance(event, h2.events.Event):\n                pass\n" + RESET_ARM,
     )
 )
-test_before_reset = replacing(
+nonclass_test_before_reset = replacing(
     (
         RESET_ARM,
         "            elif getattr(event, 'stream_id', None):\n                pass\n" + RESET_ARM,
@@ -607,7 +607,7 @@ VARIANTS = {
     # the trailers branch's surroundings
     "trailers-without-try": Variant(trailers_without_try, "refuse"),
     "catch-all-before-reset": Variant(catch_all_before_reset, "refuse"),
-    "other-test-before-reset": Variant(test_before_reset, "refuse"),
+    "other-test-before-reset": Variant(nonclass_test_before_reset, "refuse"),
     "trailers-except-without-missing-stream": Variant(
         trailers_except_without_missing_stream, "refuse"
     ),
