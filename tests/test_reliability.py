@@ -33,7 +33,7 @@ WORKER_CLASSES = ["asyncio", "trio"]
 # task stays parked in StreamBuffer.drain(), so that connection is never dropped, and since
 # Python 3.12 asyncio's Server.wait_closed(), which the worker awaits before its graceful
 # timeout starts, waits for every connection to be dropped. Up to 3.11 it returned at once
-# and the 3 s graceful timeout ended the task. Measured in docs-draft/matrix.md.
+# and the 3 s graceful timeout ended the task. See README, "Python versions".
 ASYNCIO_SHUTDOWN_WAITS_FOR_EVERY_CONNECTION = sys.version_info >= (3, 12)
 
 
