@@ -42,7 +42,7 @@ def same_expression(module: cst.Module, a: cst.CSTNode, b: cst.CSTNode) -> bool:
     return dump(a) == dump(b)
 
 
-def self_attribute(node: cst.BaseExpression, receiver: str) -> str | None:
+def self_attribute(node: cst.CSTNode, receiver: str) -> str | None:
     """`attr` for `<receiver>.attr`, else None."""
     if (
         isinstance(node, cst.Attribute)

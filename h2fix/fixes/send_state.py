@@ -57,7 +57,9 @@ from ._syntax import (
     identifier,
     imported_as,
     imports_name,
+    is_pure,
     module_bindings,
+    self_attribute,
     statement_names,
     walk,
 )
@@ -102,11 +104,6 @@ class _Plan:
 # ---------------------------------------------------------------- small shapes
 
 
-def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    # Iterative: a deep tree must not exhaust the recursion limit.
-    return walk(node)
-
-
 def _only(line: cst.BaseStatement) -> cst.BaseSmallStatement | None:
     """The one small statement of a simple line, if it is one."""
     if isinstance(line, cst.SimpleStatementLine) and len(line.body) == 1:
@@ -122,17 +119,6 @@ def _expression(line: cst.BaseStatement) -> cst.BaseExpression | None:
 def _awaited(line: cst.BaseStatement) -> cst.BaseExpression | None:
     value = _expression(line)
     return value.expression if isinstance(value, cst.Await) else None
-
-
-def _self_attribute(node: cst.CSTNode, receiver: str) -> str | None:
-    """`x` for `<receiver>.x`."""
-    if (
-        isinstance(node, cst.Attribute)
-        and isinstance(node.value, cst.Name)
-        and identifier(node.value) == receiver
-    ):
-        return identifier(node.attr)
-    return None
 
 
 def _method_call(node: cst.CSTNode, method: str) -> tuple[cst.BaseExpression, list[cst.Arg]] | None:
@@ -153,13 +139,6 @@ def _subscript_key(node: cst.CSTNode) -> tuple[cst.BaseExpression, cst.BaseExpre
         if isinstance(index, cst.Index) and index.star is None:
             return node.value, index.value
     return None
-
-
-def _pure(node: cst.BaseExpression) -> bool:
-    """A name or a chain of attributes of one: safe to evaluate more than once."""
-    while isinstance(node, cst.Attribute):
-        node = node.value
-    return isinstance(node, cst.Name)
 
 
 def _same(a: cst.CSTNode, b: cst.CSTNode) -> bool:
@@ -201,7 +180,7 @@ def _isinstance_of(test: cst.BaseExpression, names: tuple[str, ...]) -> cst.Base
 def _names_in(kind: cst.CSTNode) -> set[str]:
     """Class names an isinstance second argument or an except clause mentions."""
     found = set()
-    for node in _walk(kind):
+    for node in walk(kind):
         if isinstance(node, cst.Attribute):
             found.add(identifier(node.attr))
         elif isinstance(node, cst.Name):
@@ -231,15 +210,15 @@ def _stock_release(
     removed = _method_call(removal, "remove_stream") if removal is not None else None
     if indexed is None or not isinstance(deletion, cst.Del) or removed is None:
         return None
-    buffers = _self_attribute(indexed[0], receiver)
+    buffers = self_attribute(indexed[0], receiver)
     deleted = _subscript_key(deletion.target)
-    priority = _self_attribute(removed[0], receiver)
+    priority = self_attribute(removed[0], receiver)
     stream_id = indexed[1]
     if (
         buffers is None
         or priority is None
         or deleted is None
-        or _self_attribute(deleted[0], receiver) != buffers
+        or self_attribute(deleted[0], receiver) != buffers
         or not _same(deleted[1], stream_id)
         or not _one_argument(removed[1], stream_id)
     ):
@@ -261,7 +240,7 @@ def _guarded_release(
     ):
         return None
     stream_id = test.left
-    buffers = _self_attribute(test.comparisons[0].comparator, receiver)
+    buffers = self_attribute(test.comparisons[0].comparator, receiver)
     body = line.body.body if isinstance(line.body, cst.IndentedBlock) else ()
     if buffers is None or len(body) != 2:
         return None
@@ -272,10 +251,10 @@ def _guarded_release(
     popped = _method_call(closed[0], "pop") if closed is not None and not closed[1] else None
     if removed is None or popped is None:
         return None
-    priority = _self_attribute(removed[0], receiver)
+    priority = self_attribute(removed[0], receiver)
     if (
         priority is None
-        or _self_attribute(popped[0], receiver) != buffers
+        or self_attribute(popped[0], receiver) != buffers
         or not _one_argument(removed[1], stream_id)
         or not _one_argument(popped[1], stream_id)
     ):
@@ -294,13 +273,13 @@ def _releaser(method: cst.FunctionDef) -> tuple[str, str] | None:
         return None
     stream_id = cst.Name(identifier(params[1].name))
     buffers = priority = None
-    for node in _walk(method.body):
+    for node in walk(method.body):
         popped = _method_call(node, "pop")
         if popped is not None and len(popped[1]) == 2 and _same(popped[1][0].value, stream_id):
-            buffers = _self_attribute(popped[0], receiver) or buffers
+            buffers = self_attribute(popped[0], receiver) or buffers
         removed = _method_call(node, "remove_stream")
         if removed is not None and _one_argument(removed[1], stream_id):
-            priority = _self_attribute(removed[0], receiver) or priority
+            priority = self_attribute(removed[0], receiver) or priority
     return (buffers, priority) if buffers and priority else None
 
 
@@ -313,7 +292,7 @@ def _releases(
         return guarded[:2] == (names.buffers, names.priority) and _same(guarded[2], stream_id)
     awaited = _awaited(line)
     if isinstance(awaited, cst.Call) and isinstance(awaited.func, cst.Attribute):
-        method = _self_attribute(awaited.func, receiver)
+        method = self_attribute(awaited.func, receiver)
         return method in names.releasers and _one_argument(awaited.args, stream_id)
     return False
 
@@ -358,7 +337,7 @@ class _Fix:
         ]
         if not senders:
             # A priority tree with streams taken out of it: send state this fix cannot see.
-            if any(_method_call(n, "remove_stream") for n in _walk(self.module)):
+            if any(_method_call(n, "remove_stream") for n in walk(self.module)):
                 self.refuse(
                     "<module>",
                     "a method whose except clause releases the stream's send state "
@@ -404,7 +383,7 @@ class _Fix:
             return _Names(guarded[0], guarded[1], _releasers(cls)), False
         awaited = _awaited(lines[0])
         if isinstance(awaited, cst.Call) and isinstance(awaited.func, cst.Attribute):
-            helper = _self_attribute(awaited.func, receiver)
+            helper = self_attribute(awaited.func, receiver)
             for other in cls.body.body:
                 if isinstance(other, cst.FunctionDef) and identifier(other.name) == helper:
                     pair = _releaser(other)
@@ -490,13 +469,13 @@ class _Fix:
             receiver = self_name(method)
             if receiver is None:
                 continue
-            for node in _walk(method):
+            for node in walk(method):
                 call = _any_method_call(node)
                 if call is None:
                     continue
                 owner, called = call
                 if called in _TREE_METHODS:
-                    attribute = _self_attribute(owner, receiver)
+                    attribute = self_attribute(owner, receiver)
                     if attribute is not None and attribute != names.priority:
                         self.refuse(
                             where,
@@ -507,7 +486,7 @@ class _Fix:
                     inserted |= attribute == names.priority and called == "insert_stream"
                 item = _subscript_key(owner)
                 if called in _BUFFER_METHODS and item is not None:
-                    attribute = _self_attribute(item[0], receiver)
+                    attribute = self_attribute(item[0], receiver)
                     if attribute is not None and attribute != names.buffers:
                         self.refuse(
                             where,
@@ -536,7 +515,7 @@ class _Fix:
         or the send task dies, and with it the connection (trio: the server)."""
         where = f"{identifier(cls.name)}.{identifier(method.name)}"
         attempt = next(
-            (n for n in _walk(method) if isinstance(n, cst.Try) and handler in n.handlers), None
+            (n for n in walk(method) if isinstance(n, cst.Try) and handler in n.handlers), None
         )
         assert attempt is not None  # the handler came from this method
         caught = _names_in(handler.type) if handler.type is not None else {"BaseException"}
@@ -550,8 +529,8 @@ class _Fix:
         receiver = self_name(method)
         assert receiver is not None
         state = {f"{receiver}.{names.buffers}", f"{receiver}.{names.priority}"}
-        guarded = {id(n) for n in _walk(attempt.body)} | {id(n) for n in _walk(handler)}
-        for node in _walk(method.body):
+        guarded = {id(n) for n in walk(attempt.body)} | {id(n) for n in walk(handler)}
+        for node in walk(method.body):
             if (
                 isinstance(node, cst.Attribute)
                 and dotted(node) in state
@@ -583,14 +562,14 @@ class _Fix:
             if not isinstance(method, cst.FunctionDef):
                 continue
             receiver = self_name(method)
-            for node in _walk(method):
+            for node in walk(method):
                 targets: list[tuple[cst.BaseExpression, cst.BaseExpression | None]] = []
                 if isinstance(node, cst.Assign):
                     targets = [(t.target, node.value) for t in node.targets]
                 elif isinstance(node, (cst.AnnAssign, cst.AugAssign)):
                     targets = [(node.target, node.value)]
                 for target, value in targets:
-                    attr = _self_attribute(target, receiver) if receiver else None
+                    attr = self_attribute(target, receiver) if receiver else None
                     in_init = identifier(method.name) == "__init__"
                     if attr == names.priority:
                         if not (in_init and value is not None and self._priority_tree(value)):
@@ -605,7 +584,7 @@ class _Fix:
                             self.refuse(where, f"self.{attr} = {{}} in __init__ only", node)
                         buffers = True
                     key = _subscript_key(target)
-                    into = _self_attribute(key[0], receiver) if key and receiver else None
+                    into = self_attribute(key[0], receiver) if key and receiver else None
                     if into == names.buffers:
                         stored.append(node)
                         if not (
@@ -696,7 +675,7 @@ class _Fix:
         if receiver is None or method.asynchronous is None:
             self.refuse(where, "the Trailers branch in an `async def` method", _shown(branch))
         body = branch.body
-        sends = [n for n in _walk(body) if _method_call(n, "send_headers") is not None]
+        sends = [n for n in walk(body) if _method_call(n, "send_headers") is not None]
         lines = body.body if isinstance(body, cst.IndentedBlock) else ()
         direct = [
             index
@@ -726,7 +705,7 @@ class _Fix:
             )
             return
         stream_id = _stream_id(call[1])
-        if stream_id is None or not _pure(stream_id):
+        if stream_id is None or not is_pure(stream_id):
             self.refuse(
                 where,
                 "the stream id of send_headers as a name or attribute (it is repeated)",
@@ -882,7 +861,7 @@ class _Fix:
             )
             if last and bare:
                 return index
-            if any(isinstance(n, _JUMPS) for n in _walk(line)):
+            if any(isinstance(n, _JUMPS) for n in walk(line)):
                 self.refuse(
                     where,
                     "no return, raise, break or continue in the StreamReset branch but a bare "
@@ -899,7 +878,7 @@ class _Fix:
             name
             for name, method in methods.items()
             if (receiver := self_name(method)) is not None
-            and any(_mutates(n, receiver, names) for n in _walk(method.body))
+            and any(_mutates(n, receiver, names) for n in walk(method.body))
         }
         changed = True
         while changed:
@@ -908,7 +887,7 @@ class _Fix:
                 receiver = self_name(method)
                 if name in found or receiver is None:
                     continue
-                if any(_calls_own(n, receiver) & found for n in _walk(method.body)):
+                if any(_calls_own(n, receiver) & found for n in walk(method.body)):
                     found.add(name)
                     changed = True
         return frozenset(found)
@@ -922,7 +901,7 @@ class _Fix:
     ) -> bool:
         """The statement uses the buffers or the tree, or calls a method that changes them."""
         state = {f"{receiver}.{names.buffers}", f"{receiver}.{names.priority}"}
-        for node in _walk(line):
+        for node in walk(line):
             if isinstance(node, cst.Attribute) and dotted(node) in state:
                 return True
             if _calls_own(node, receiver) & mutators:
@@ -971,7 +950,7 @@ def _subjects(method: cst.FunctionDef) -> dict[int, cst.BaseExpression]:
     """id(case) -> the subject of its match statement, for every match in the method."""
     return {
         id(case): node.subject
-        for node in _walk(method)
+        for node in walk(method)
         if isinstance(node, cst.Match)
         for case in node.cases
     }
@@ -1009,7 +988,7 @@ def _inline_release(
     test = check.test
     if not (
         popped is not None
-        and _self_attribute(popped[0], receiver) == names.buffers
+        and self_attribute(popped[0], receiver) == names.buffers
         and len(popped[1]) == 2
         and all(arg.keyword is None and not arg.star for arg in popped[1])
         and _same(popped[1][0].value, stream_id)
@@ -1027,7 +1006,7 @@ def _inline_release(
     closed = _method_call(closing, "close") if closing is not None else None
     return (
         removed is not None
-        and _self_attribute(removed[0], receiver) == names.priority
+        and self_attribute(removed[0], receiver) == names.priority
         and _one_argument(removed[1], stream_id)
         and closed is not None
         and not closed[1]
@@ -1062,7 +1041,7 @@ def _mutates(node: cst.CSTNode, receiver: str, names: _Names) -> bool:
     elif isinstance(node, (cst.AnnAssign, cst.AugAssign, cst.Del)):
         targets = [node.target]
     for target in targets:
-        for part in _walk(target):
+        for part in walk(target):
             if isinstance(part, cst.Attribute) and dotted(part) in (buffers, tree):
                 return True
     call = _any_method_call(node)
@@ -1082,7 +1061,7 @@ def _rebound_later(cls: cst.ClassDef, method: cst.FunctionDef) -> bool:
 
 
 def _handlers(method: cst.FunctionDef) -> Iterator[cst.ExceptHandler]:
-    for node in _walk(method.body):
+    for node in walk(method.body):
         if isinstance(node, cst.ExceptHandler):
             yield node
 
