@@ -47,6 +47,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from _stats import spread  # scripts/ is sys.path[0] when a script runs
+
 # The collection owed to the Hypercorn import (a full one, 1-3 ms here) would land in
 # whichever variant allocates first after it; collected here, it lands in none.
 PRELUDE = "import gc, time, hypercorn.protocol.h2 as m\ngc.collect()\n"
@@ -161,14 +163,6 @@ def sample(variant: str, env: dict[str, str]) -> dict[str, float]:
         raise SystemExit(f"{variant}: exited {completed.returncode}:\n{completed.stderr}")
     result: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
     return result
-
-
-def spread(values: list[float]) -> tuple[float, float]:
-    """10th and 90th percentile (the extremes for fewer than three values)."""
-    if len(values) < 3:
-        return min(values), max(values)
-    deciles = statistics.quantiles(values, n=10, method="inclusive")
-    return deciles[0], deciles[-1]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,6 +39,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+from _stats import spread  # scripts/ is sys.path[0] when a script runs
+
 HERE = Path(__file__).resolve().parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -199,13 +201,6 @@ METRICS: dict[str, tuple[str, Callable[[Window], float], bool]] = {
     "stream calls/s": ("stream", lambda w: w.rate, True),
     "stream CPU/call": ("stream", lambda w: w.cpu_per_call, False),
 }
-
-
-def spread(values: list[float]) -> tuple[float, float]:
-    if len(values) < 3:
-        return min(values), max(values)
-    deciles = statistics.quantiles(values, n=10, method="inclusive")
-    return deciles[0], deciles[-1]
 
 
 def main(argv: list[str] | None = None) -> None:

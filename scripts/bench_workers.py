@@ -34,7 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-APP = '''\
+from _stats import spread  # scripts/ is sys.path[0] when a script runs
+
+APP = """\
 {prologue}
 
 async def app(scope, receive, send):
@@ -48,7 +50,7 @@ async def app(scope, receive, send):
                 return
     await send({{"type": "http.response.start", "status": 200, "headers": []}})
     await send({{"type": "http.response.body", "body": b"ok"}})
-'''
+"""
 WITH_H2FIX = "import h2fix\n\nh2fix.apply()"
 
 #: name -> (app module, cache)
@@ -123,13 +125,6 @@ def unusable_cache(scratch: Path) -> Path:
     else:
         folder.chmod(0o500)
     return folder
-
-
-def spread(values: list[float]) -> tuple[float, float]:
-    if len(values) < 3:
-        return min(values), max(values)
-    deciles = statistics.quantiles(values, n=10, method="inclusive")
-    return deciles[0], deciles[-1]
 
 
 def main(argv: list[str] | None = None) -> None:
