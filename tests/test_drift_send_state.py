@@ -36,6 +36,7 @@ import h2fix
 from h2fix import H2FixError, Outcome, UnrecognisedStructureError
 from h2fix._probe import H2Client, free_port
 from h2fix._probe import serving as serving_command
+from support.grpc_load import given_up_calls, settle
 from support.isolated import copy_package
 from support.releases import h2_source
 from support.servers import TESTS
@@ -839,43 +840,12 @@ def _env(path: list[str]) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
-def settle(future: Any, outcomes: collections.Counter[str]) -> None:
-    try:
-        future.result()
-    except grpc.RpcError as error:
-        outcomes[f"{error.code().name}: {error.details()}"] += 1
-    except grpc.FutureCancelledError:
-        outcomes["CANCELLED"] += 1
-    else:
-        outcomes["ok"] += 1
-
-
 def unary_calls(channel: grpc.Channel, count: int) -> collections.Counter[str]:
     outcomes: collections.Counter[str] = collections.Counter()
     echo = channel.unary_unary("/test.Test/Echo")
     pending: collections.deque[Any] = collections.deque()
     for i in range(count):
         pending.append(echo.future(b"%d" % i, timeout=30))
-        if len(pending) == IN_FLIGHT:
-            settle(pending.popleft(), outcomes)
-    for future in pending:
-        settle(future, outcomes)
-    return outcomes
-
-
-def given_up_calls(channel: grpc.Channel, count: int) -> collections.Counter[str]:
-    """Slow calls the client abandons (deadlines; every tenth cancelled): stream resets."""
-    outcomes: collections.Counter[str] = collections.Counter()
-    slow = channel.unary_unary("/test.Test/Slow")
-    pending: collections.deque[Any] = collections.deque()
-    for i in range(count):
-        if i % 10 == 0:
-            future = slow.future(b"30", timeout=30)
-            time.sleep(0.02)  # the request reaches the server before the cancel
-            future.cancel()
-        else:
-            future = slow.future(b"30", timeout=0.3)
-        pending.append(future)
         if len(pending) == IN_FLIGHT:
             settle(pending.popleft(), outcomes)
     for future in pending:
@@ -907,7 +877,7 @@ def behaviour_problems(served: Served) -> list[str]:
     a later busy phase can hide."""
     problems = []
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-        given_up = given_up_calls(channel, GIVEN_UP_CALLS)
+        given_up = given_up_calls(channel, GIVEN_UP_CALLS, IN_FLIGHT)
         if not set(given_up) <= {"CANCELLED", "DEADLINE_EXCEEDED: Deadline Exceeded"}:
             problems.append(f"calls given up on: {dict(given_up)}")
         problems += held_problems(served, "after the calls given up on")

@@ -25,6 +25,7 @@ import grpc
 import pytest
 
 from h2fix._probe import H2Client
+from support.grpc_load import given_up_calls, settle
 from support.releases import unpacked
 from support.servers import WITH_FIX, running_server
 from support.versions import needs_anycorn, needs_hypercorn_018
@@ -69,17 +70,6 @@ def wait_until_idle(port: int) -> list[tuple[int, int]]:
     while not set(held := open_connections(port)) <= IDLE and time.monotonic() < deadline:
         time.sleep(0.1)
     return held
-
-
-def settle(future: Any, outcomes: collections.Counter[str]) -> None:
-    try:
-        future.result()
-    except grpc.RpcError as error:
-        outcomes[f"{error.code().name}: {error.details()}"] += 1
-    except grpc.FutureCancelledError:
-        outcomes["CANCELLED"] += 1
-    else:
-        outcomes["ok"] += 1
 
 
 def unary_calls(port: int, count: int, sample_every: int = 250) -> tuple[Any, list[int]]:
@@ -159,33 +149,12 @@ def test_stock_hypercorn_018_under_trio(tmp_path: Path) -> None:
     assert "send_state: applied" in log
 
 
-def cancelled_calls(channel: grpc.Channel, count: int) -> collections.Counter[str]:
-    """`count` Slow calls the client gives up on (deadlines, and every tenth cancelled)
-    while the handler still works on them, IN_FLIGHT at a time."""
-    outcomes: collections.Counter[str] = collections.Counter()
-    slow = channel.unary_unary("/test.Test/Slow")
-    pending: collections.deque[Any] = collections.deque()
-    for i in range(count):
-        if i % 10 == 0:
-            future = slow.future(b"30", timeout=30)
-            time.sleep(0.02)  # the request reaches the server before the cancel
-            future.cancel()
-        else:
-            future = slow.future(b"30", timeout=0.3)
-        pending.append(future)
-        if len(pending) == IN_FLIGHT:
-            settle(pending.popleft(), outcomes)
-    for future in pending:
-        settle(future, outcomes)
-    return outcomes
-
-
 def test_cancelled_calls_release_their_state(server: tuple[int, Any]) -> None:
     """1100 cancelled calls on one channel: the server keeps nothing of them, and the
     connection still serves."""
     port, _ = server
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        outcomes = cancelled_calls(channel, 1100)
+        outcomes = given_up_calls(channel, 1100, IN_FLIGHT)
         assert set(outcomes) == {"CANCELLED", "DEADLINE_EXCEEDED: Deadline Exceeded"}, outcomes
         assert set(wait_until_idle(port)) <= IDLE
         echo = channel.unary_unary("/test.Test/Echo")
@@ -201,7 +170,7 @@ def test_without_send_state_cancelled_calls_leak(tmp_path: Path) -> None:
         running_server(tmp_path, "hypercorn", "asyncio", extra=extra) as (port, _),
         grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
-        cancelled_calls(channel, 500)
+        given_up_calls(channel, 500, IN_FLIGHT)
         time.sleep(1)
         held = open_connections(port)
     assert not set(held) <= IDLE, held  # a calm connection still holding streams
