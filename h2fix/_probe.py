@@ -24,6 +24,8 @@ from ._errors import H2FixError
 
 BODY_SIZE = 100_000  # well beyond the probe's flow-control window: DATA waits buffered
 WINDOW = 4096
+_FRAME_HEADER = 9  # bytes: length (3), type, flags, stream id (4)
+_GOAWAY = 0x7
 #: Responses on one connection: past the 1001 send states that end an unfixed one.
 MANY = 1050
 #: Streams open at once: the most the probe's server allows (100), less one. Fewer
@@ -66,6 +68,14 @@ async def app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
         return
+    if scope["path"] == "/hold":
+        # Answered once the whole request body is in: the client decides how long
+        # the stream stays in flight.
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
     if scope["path"] == "/early":
         # Answered before the body is read, as a size limit or an auth check would.
         await send({"type": "http.response.start", "status": 413, "headers": []})
@@ -100,6 +110,8 @@ class Response:
     #: END_STREAM came on the trailers' HEADERS frame itself.
     trailers_ended_stream: bool = False
     body: bytes = b""
+    #: The RST_STREAM error code, when the server reset the stream.
+    reset_code: int | None = None
 
     @property
     def done(self) -> bool:
@@ -139,6 +151,9 @@ class H2Client:
         self.responses: dict[int, Response] = {}
         #: parent stream id -> ids of the streams the server pushed with it
         self.pushed: dict[int, list[int]] = {}
+        #: (last stream id, error code) of each GOAWAY the server sent, in order.
+        self.goaways: list[tuple[int, int]] = []
+        self._unparsed = b""
         try:
             if upgrade_path is None:
                 self.conn.initiate_connection()
@@ -168,8 +183,7 @@ class H2Client:
         if status.split()[1:2] != ["101"]:
             raise ConnectionError(f"expected 101 Switching Protocols, got {status!r}")
         self.responses[1] = Response()  # the upgraded request itself
-        for event in self.conn.receive_data(rest):
-            self._record(event)
+        self._feed(rest)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -178,19 +192,9 @@ class H2Client:
         self.sock.close()
 
     def start(self, path: str, body: bytes, grpc: bool = True) -> int:
-        stream_id: int = self.conn.get_next_available_stream_id()
-        headers = [
-            (b":method", b"POST"),
-            (b":scheme", b"http"),
-            (b":authority", b"127.0.0.1"),
-            (b":path", path.encode()),
-        ]
-        if grpc:
-            headers += [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
-        self.conn.send_headers(stream_id, headers)
+        stream_id = self._open(path, grpc)
         self.conn.send_data(stream_id, body, end_stream=True)
-        self.sock.sendall(self.conn.data_to_send())
-        self.responses[stream_id] = Response()
+        self.send()
         return stream_id
 
     def wait(self, *stream_ids: int) -> list[Response]:
@@ -203,9 +207,31 @@ class H2Client:
         data = self.sock.recv(65536)
         if not data:
             raise ConnectionError("the server closed the connection")
-        for event in self.conn.receive_data(data):
-            self._record(event)
+        self._feed(data)
         self.sock.sendall(self.conn.data_to_send())
+
+    def _feed(self, data: bytes) -> None:
+        """Hand the received frames to h2, except GOAWAY, which is only recorded.
+
+        h2 moves a connection that receives GOAWAY to CLOSED and then refuses the
+        frames of the streams the server still finishes (RFC 9113 section 6.8 lets
+        it): this client must read those responses to tell whether they arrive.
+        """
+        self._unparsed += data
+        passed = bytearray()
+        while len(self._unparsed) >= _FRAME_HEADER:
+            length = int.from_bytes(self._unparsed[:3], "big")
+            end = _FRAME_HEADER + length
+            if len(self._unparsed) < end:
+                break
+            frame, self._unparsed = self._unparsed[:end], self._unparsed[end:]
+            if frame[3] == _GOAWAY and length >= 8:
+                last = int.from_bytes(frame[9:13], "big") & 0x7FFF_FFFF
+                self.goaways.append((last, int.from_bytes(frame[13:17], "big")))
+            else:
+                passed += frame
+        for event in self.conn.receive_data(bytes(passed)):
+            self._record(event)
 
     def pump(self, seconds: float) -> None:
         """Read and record whatever arrives for `seconds`, completing nothing in particular."""
@@ -220,13 +246,33 @@ class H2Client:
                 self.sock.settimeout(self.timeout)
             if not data:
                 raise ConnectionError("the server closed the connection")
-            for event in self.conn.receive_data(data):
-                self._record(event)
+            self._feed(data)
             self.sock.sendall(self.conn.data_to_send())
 
     def send(self) -> None:
         """Send what the h2 connection has queued (after using `conn` directly)."""
         self.sock.sendall(self.conn.data_to_send())
+
+    def start_open(self, path: str, grpc: bool = False) -> int:
+        """A request whose body the client has not ended: the stream stays in flight."""
+        stream_id = self._open(path, grpc)
+        self.send()
+        return stream_id
+
+    def _open(self, path: str, grpc: bool) -> int:
+        """Queue a request's HEADERS (without END_STREAM) on a new stream."""
+        stream_id: int = self.conn.get_next_available_stream_id()
+        headers = [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":authority", b"127.0.0.1"),
+            (b":path", path.encode()),
+        ]
+        if grpc:
+            headers += [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+        self.conn.send_headers(stream_id, headers)
+        self.responses[stream_id] = Response()
+        return stream_id
 
     def call(self, path: str, body: bytes, grpc: bool = True) -> Response:
         [response] = self.wait(self.start(path, body, grpc))
@@ -258,6 +304,7 @@ class H2Client:
             response.events.append("end")
         elif isinstance(event, h2.events.StreamReset):
             response.events.append("reset")
+            response.reset_code = int(event.error_code or 0)
 
 
 # --- serving -------------------------------------------------------------------
@@ -391,6 +438,8 @@ MANY_ON_ONE = Check(f"{MANY:,} trailer responses on 1 conn.", "send_state", True
 MANY_RESETS = Check(f"{MANY:,} reset streams on 1 conn.", "send_state", False)
 H2C_UPGRADE = Check("h2c Upgrade answered on stream 1", "request_received", False)
 LATE_DATA = Check("late request DATA survived", "closed_stream_data", False)
+PAST_THE_LIMIT = Check("requests at the per-conn. limit answered", "max_requests", False)
+REFUSED_IN_SHUTDOWN = Check("request in shutdown refused, retryable", "graceful_shutdown", False)
 CHECKS = (
     TRAILERS_RECEIVED,
     TRAILERS_END_STREAM,
@@ -400,13 +449,17 @@ CHECKS = (
     MANY_RESETS,
     H2C_UPGRADE,
     LATE_DATA,
+    PAST_THE_LIMIT,
+    REFUSED_IN_SHUTDOWN,
 )
 
 #: Row label -> passed, failed, or None where the check could not tell.
 Results = Mapping[str, Union[bool, None]]
+#: A check run on a server of its own: given its port and process id.
+Probe = Callable[[int, int], "dict[str, bool | None]"]
 
 
-def probe(port: int) -> dict[str, bool | None]:
+def probe(port: int, pid: int) -> dict[str, bool | None]:
     """Every check but MANY_ON_ONE, each fault on a connection of its own so one
     cannot spoil another."""
     results = trailer_checks(port)
@@ -417,8 +470,16 @@ def probe(port: int) -> dict[str, bool | None]:
     return results
 
 
-def many_on_one(port: int) -> dict[str, bool | None]:
+def many_on_one(port: int, pid: int) -> dict[str, bool | None]:
     return {MANY_ON_ONE.label: many_trailer_responses(port)}
+
+
+def past_the_limit(port: int, pid: int) -> dict[str, bool | None]:
+    return {PAST_THE_LIMIT.label: answered_past_the_limit(port)}
+
+
+def in_shutdown(port: int, pid: int) -> dict[str, bool | None]:
+    return {REFUSED_IN_SHUTDOWN.label: refused_in_shutdown(port, pid)}
 
 
 def trailer_checks(port: int) -> dict[str, bool | None]:
@@ -527,6 +588,46 @@ def survives_late_data(port: int) -> bool:
         client.close()
 
 
+def answered_past_the_limit(port: int) -> bool:
+    """LIMIT + 3 requests sent at once on one connection, so that the server passes
+    its keep_alive_max_requests with requests still in flight: every one must be
+    answered. (An unfixed server closes h2 at the limit, and they are lost.)"""
+    client = H2Client(port, timeout=5)
+    try:
+        started = [client.start("/plain", b"", grpc=False) for _ in range(LIMIT + 3)]
+        return all(r.body == b"ok" and "end" in r.events for r in client.wait(*started))
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def refused_in_shutdown(port: int, pid: int) -> bool:
+    """A request that arrives while the server shuts down gracefully is reset with
+    REFUSED_STREAM, which tells the client it was not processed and is safe to retry
+    (NO_ERROR says neither: gRPC fails the call with INTERNAL). A stream held open
+    keeps the connection busy, so the server does not close it as idle first."""
+    import h2.errors
+
+    client = H2Client(port, timeout=5)
+    try:
+        client.start_open("/hold")
+        client.call("/plain", b"", grpc=False)  # the server has taken in the held stream
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while True:
+            # Until the server has begun shutting down, a request is still answered.
+            response = client.call("/plain", b"", grpc=False)
+            if "reset" in response.events or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        return response.reset_code == h2.errors.ErrorCodes.REFUSED_STREAM
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
 #: Hypercorn closes an HTTP/2 connection after keep_alive_max_requests (1000)
 #: requests, which would end MANY_ON_ONE early on any server.
 CONFIG = "keep_alive_max_requests = 100000\n"
@@ -535,6 +636,9 @@ CONFIG = "keep_alive_max_requests = 100000\n"
 #: real load), so the unreleased send state shows within 1,050 responses. An
 #: unfixed trio server dies of it: MANY_ON_ONE gets a server of its own.
 TRIO_CONFIG = CONFIG + 'worker_class = "trio"\n'
+#: PAST_THE_LIMIT's server: a limit its client passes with a few requests.
+LIMIT = 10
+LIMIT_CONFIG = f"keep_alive_max_requests = {LIMIT}\n"
 
 
 @dataclass(frozen=True)
@@ -544,6 +648,7 @@ class Configs:
     default: str
     #: None when trio is not installed: MANY_ON_ONE then runs on the default worker.
     trio: str | None
+    limited: str
 
     @classmethod
     @contextlib.contextmanager
@@ -553,26 +658,29 @@ class Configs:
 
         with tempfile.TemporaryDirectory(prefix="h2fix-verify-") as folder:
             paths = []
-            for name, text in (("default.toml", CONFIG), ("trio.toml", TRIO_CONFIG)):
-                paths.append(os.path.join(folder, name))
+            configs = (("default", CONFIG), ("trio", TRIO_CONFIG), ("limited", LIMIT_CONFIG))
+            for name, text in configs:
+                paths.append(os.path.join(folder, f"{name}.toml"))
                 with open(paths[-1], "w", encoding="utf-8") as file:
                     file.write(text)
             has_trio = importlib.util.find_spec("trio") is not None
-            yield cls(paths[0], paths[1] if has_trio else None)
+            yield cls(paths[0], paths[1] if has_trio else None, paths[2])
 
 
 def measure(target: str, fixes: Sequence[str] | None, configs: Configs) -> dict[str, bool | None]:
     """Serve the probe app (stock when `fixes` is None) and run every check on it."""
 
-    def serve(config: str, check: Callable[[int], dict[str, bool | None]]) -> None:
+    def serve(config: str, check: Probe) -> None:
         port = free_port()
         server_args = ["h2fix._probe:app", "--bind", f"127.0.0.1:{port}", "--config", config]
-        with serving(server_command(target, server_args, fixes), port):
-            results.update(check(port))
+        with serving(server_command(target, server_args, fixes), port) as process:
+            results.update(check(port, process.pid))
 
     results: dict[str, bool | None] = {}
     serve(configs.default, probe)
     serve(configs.trio or configs.default, many_on_one)
+    serve(configs.limited, past_the_limit)
+    serve(configs.default, in_shutdown)  # last: this one stops its server
     return results
 
 
