@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import libcst as cst
 
+from ._tree import walk as walk  # the fixes import it from here
+
 
 def identifier(name: cst.Name) -> str:
     """A name as Python sees it: NFKC-normalised (fullwidth letters fold to ASCII)."""
@@ -75,15 +77,6 @@ def first_parameter(function: cst.FunctionDef) -> str | None:
     """The name of a function's first positional parameter (a method's `self`)."""
     params = [*function.params.posonly_params, *function.params.params]
     return identifier(params[0].name) if params else None
-
-
-def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    """Every node below `node`, `node` included, parents first."""
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(reversed(current.children))
 
 
 def keyword(arg: cst.Arg) -> str | None:
