@@ -189,3 +189,50 @@ def test_replace_rebuilds_the_path_only(pick: object) -> None:
 
 def test_path_to_a_node_elsewhere_is_none() -> None:
     assert _tree.path_to(cst.parse_module("a = 1\n"), cst.Name("a")) is None
+
+
+class _Rename(cst.CSTTransformer):
+    """Renames `a` to `renamed` and notes every hook it runs, with the node's class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hooks: list[str] = []
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        self.hooks.append(f"visit {type(node).__name__}")
+        return not isinstance(node, cst.ClassDef)  # its body is not entered
+
+    def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode) -> cst.CSTNode:
+        self.hooks.append(f"leave {type(original_node).__name__}")
+        if isinstance(updated_node, cst.Name) and updated_node.value == "a":
+            return updated_node.with_changes(value="renamed")
+        return updated_node
+
+
+def test_transform_runs_the_hooks_libcst_runs_and_gives_its_result() -> None:
+    tree = cst.parse_module(VARIETY.replace("except* D", "except D"))
+    ours, theirs = _Rename(), _Rename()
+    changed = _tree.transform(tree, ours)
+    assert changed.code == tree.visit(theirs).code
+    assert "renamed" in changed.code
+    assert ours.hooks == theirs.hooks
+    # A statement not entered is the very same object.
+    [before] = [s for s in tree.body if isinstance(s, cst.ClassDef)]
+    [after] = [s for s in changed.body if isinstance(s, cst.ClassDef)]
+    assert after is before
+
+
+def test_transform_with_a_visitor_changes_nothing() -> None:
+    tree = cst.parse_module(VARIETY.replace("except* D", "except D"))
+
+    class Count(cst.CSTVisitor):
+        seen = 0
+
+        def on_visit(self, node: cst.CSTNode) -> bool:
+            self.seen += 1
+            return True
+
+    ours, theirs = Count(), Count()
+    assert _tree.transform(tree, ours) is tree
+    tree.visit(theirs)
+    assert ours.seen == theirs.seen == len(list(libcst_walk(tree)))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import libcst as cst
 
@@ -29,8 +29,9 @@ import libcst as cst
 #: sequence of nodes (else one node).
 _Plan = tuple[tuple[int, bool], ...]
 _FieldValues = Callable[[cst.CSTNode], tuple[Any, ...]]
+_Node = TypeVar("_Node", bound=cst.CSTNode)
 
-#: Node class -> the names of its fields, in the order LibCST visits them.
+#: Node class -> the names of the fields LibCST visits, in the order it visits them.
 _FIELDS: dict[type, tuple[str, ...]] = {}
 #: Node class -> a function returning the values of those fields, as a tuple.
 _VALUES: dict[type, _FieldValues] = {}
@@ -66,13 +67,14 @@ def _no_values(node: cst.CSTNode) -> tuple[Any, ...]:
 
 def _learn_fields(kind: type[cst.CSTNode]) -> _FieldValues:
     declared = {field.name for field in dataclasses.fields(kind)}
-    # LibCST visits a node's fields one `self.<field>` after the other in its
-    # `_visit_and_replace_children`, so the order of first use of the names in that
-    # code is the lexical order (`_learn_plan` checks the result against LibCST).
-    used = kind._visit_and_replace_children.__code__.co_names
-    names = tuple(name for name in used if name in declared)
+    code = kind._visit_and_replace_children.__code__
+    # LibCST's `_visit_and_replace_children` visits a field with
+    # `visit_<how>(self, "<field>", self.<field>, visitor)`, one after the other in
+    # lexical order, so the field names among its constants, in order of first use,
+    # are the fields that can hold children, in that order (`_learn_plan` checks).
+    names = tuple(name for name in code.co_consts if isinstance(name, str) and name in declared)
     values_of: _FieldValues
-    if not any("visit" in name for name in used):
+    if not any("visit" in name for name in code.co_names):
         values_of = _no_values  # whitespace, comments: LibCST visits nothing below them
     elif len(names) == 1:
         [name] = names
@@ -139,6 +141,60 @@ def path_to(root: cst.CSTNode, target: cst.CSTNode) -> list[cst.CSTNode] | None:
         if node is target:
             return [*ancestors, node]
     return None
+
+
+def transform(node: _Node, visitor: cst.CSTVisitor | cst.CSTTransformer) -> _Node:
+    """`node.visit(visitor)`, except that a node is rebuilt only when the transformer
+    changed something below it (LibCST rebuilds every node it visits).
+
+    The visitor's hooks run in the same order, with the same `original_node`s; a hook
+    that changes nothing gets the original node itself as `updated_node`. Only the
+    node-for-node replacements the fixes make are supported: a `leave_*` hook returning
+    a removal or a flattened sequence is a bug (AssertionError), and so is a
+    different kind of node in place of `node` itself.
+    """
+    result = _transform(node, visitor)
+    if not isinstance(result, type(node)):
+        raise AssertionError(f"transform() of a {type(node).__name__} gave {result!r}")
+    return result
+
+
+def _transform(node: cst.CSTNode, visitor: cst.CSTVisitor | cst.CSTTransformer) -> cst.CSTNode:
+    updated = _with_children_transformed(node, visitor) if visitor.on_visit(node) else node
+    if isinstance(visitor, cst.CSTTransformer):
+        result = visitor.on_leave(node, updated)
+        if not isinstance(result, cst.CSTNode):
+            raise AssertionError(f"transform() replaces nodes only, not with {result!r}")
+        return result
+    visitor.on_leave(node)
+    return node
+
+
+def _with_children_transformed(
+    node: cst.CSTNode, visitor: cst.CSTVisitor | cst.CSTTransformer
+) -> cst.CSTNode:
+    kind = type(node)
+    values_of = _VALUES.get(kind) or _learn_fields(kind)
+    if values_of is _no_values:
+        return node
+    values = values_of(node)
+    key = (kind, *map(type, values))
+    plan = _PLANS[key] if key in _PLANS else _learn_plan(key, node, values)
+    if plan is None:  # LibCST's own machinery, for a kind of node this one cannot read
+        return node._visit_and_replace_children(visitor)
+    names = _FIELDS[kind]
+    changes: dict[str, object] = {}
+    for index, many in plan:
+        value = values[index]
+        if many:
+            items = tuple(_transform(item, visitor) for item in value)
+            if any(new is not old for new, old in zip(items, value)):
+                changes[names[index]] = items
+        else:
+            new = _transform(value, visitor)
+            if new is not value:
+                changes[names[index]] = new
+    return node.with_changes(**changes) if changes else node
 
 
 def replace(path: Sequence[cst.CSTNode], new: cst.CSTNode) -> cst.CSTNode:

@@ -36,6 +36,7 @@ from ._syntax import (
     module_bindings,
     walk,
 )
+from ._tree import transform
 
 NAME = "request_received"
 
@@ -233,7 +234,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
     if environment.request_received_parameters is None:
         return tree, FixOutcome(NAME, Outcome.NOT_NEEDED, "h2 is not installed")
     transformer = _Transformer(tree, environment)
-    new_tree = tree.visit(transformer)
+    new_tree = transform(tree, transformer)
     h2 = f"h2 {environment.h2_version}"
     if not transformer.seen:
         return tree, FixOutcome(

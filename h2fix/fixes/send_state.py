@@ -64,6 +64,7 @@ from ._syntax import (
     walk,
 )
 from ._syntax import first_parameter as self_name
+from ._tree import children, transform
 
 NAME = "send_state"
 
@@ -1090,11 +1091,11 @@ def _branches(
         return
     if isinstance(node, cst.Try):
         yield from _branches(node.body, (*tries, node), dead)
-        for child in node.children:
+        for child in children(node):
             if child is not node.body:
                 yield from _branches(child, tries, dead)
         return
-    for child in node.children:
+    for child in children(node):
         yield from _branches(child, tries, dead)
 
 
@@ -1236,7 +1237,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
         return tree, FixOutcome(
             NAME, outcome, f"send state is already released when a stream ends{notes}"
         )
-    new_tree = tree.visit(_Apply(work.plan.blocks))
+    new_tree = transform(tree, _Apply(work.plan.blocks))
     where = ", ".join(work.plan.changed)
     return new_tree, FixOutcome(
         NAME,
