@@ -236,3 +236,21 @@ def test_transform_with_a_visitor_changes_nothing() -> None:
     assert _tree.transform(tree, ours) is tree
     tree.visit(theirs)
     assert ours.seen == theirs.seen == len(list(libcst_walk(tree)))
+
+
+def test_walks_read_the_index_of_a_tree_and_of_trees_built_from_it() -> None:
+    tree = cst.parse_module(VARIETY.replace("except* D", "except D"))
+    with _tree.indexed(tree):
+        changed = _tree.transform(tree, _Rename())
+        for root in (tree, changed, tree.body[5], changed.body[5]):
+            expected = list(libcst_walk(root))
+            assert [id(n) for n in _tree.walk(root)] == [id(n) for n in expected]
+            pairs = [(node, list(ancestors)) for node, ancestors in _tree.walk_with_ancestors(root)]
+            assert [id(node) for node, _ in pairs] == [id(n) for n in expected]
+            for node, ancestors in pairs:
+                if ancestors:
+                    assert any(child is node for child in ancestors[-1].children)
+                    assert ancestors[0] is root
+                else:
+                    assert node is root
+    assert not _tree._INDEXES  # nothing kept once the rewrite is over

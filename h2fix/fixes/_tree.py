@@ -17,6 +17,7 @@ third of parsing it, and the fixes' proofs walk subtrees many times over. Here:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import operator
 from collections.abc import Callable, Iterator, Sequence
@@ -101,7 +102,9 @@ def _learn_plan(key: tuple[type, ...], node: cst.CSTNode, values: tuple[Any, ...
     plan = tuple(
         (index, isinstance(value, (tuple, list)))
         for index, value in enumerate(values)
-        if isinstance(value, (cst.CSTNode, tuple, list))
+        # Not isinstance(value, cst.CSTNode): for a str or None, the ABC machinery
+        # would ask every one of LibCST's ~200 node classes first.
+        if isinstance(value, (tuple, list)) or cst.CSTNode in type(value).__mro__
     )
     found: list[object] = []
     for index, many in plan:
@@ -112,11 +115,78 @@ def _learn_plan(key: tuple[type, ...], node: cst.CSTNode, values: tuple[Any, ...
     return _PLANS[key]
 
 
+class _Index:
+    """One tree's nodes in walk order, and where each node's subtree ends."""
+
+    __slots__ = ("ends", "nodes", "positions")
+
+    def __init__(self, root: cst.CSTNode) -> None:
+        self.nodes: list[cst.CSTNode] = []
+        self.ends: list[int] = []
+        # A node's position, pushed after its children, marks where its subtree ends.
+        stack: list[cst.CSTNode | int] = [root]
+        while stack:
+            item = stack.pop()
+            if type(item) is int:
+                self.ends[item] = len(self.nodes)
+                continue
+            assert isinstance(item, cst.CSTNode)
+            stack.append(len(self.nodes))
+            self.nodes.append(item)
+            self.ends.append(0)
+            stack.extend(reversed(children(item)))
+        self.positions = {id(node): position for position, node in enumerate(self.nodes)}
+
+    def position(self, node: cst.CSTNode) -> int | None:
+        # The index holds its nodes, so no other node has one of their ids meanwhile.
+        return self.positions.get(id(node))
+
+
+#: The indexes of the trees being rewritten (one, unless rewrites run in threads).
+_INDEXES: list[_Index] = []
+
+
+@contextlib.contextmanager
+def indexed(tree: cst.CSTNode) -> Iterator[None]:
+    """While it lasts, walks of `tree` and of any subtree of it (also as part of a
+    tree a fix built from it) read the nodes from one list, collected once.
+
+    The fixes' proofs walk the same methods over and over; this makes each walk of
+    an unchanged subtree a slice of that list."""
+    index = _Index(tree)
+    _INDEXES.append(index)
+    try:
+        yield
+    finally:
+        _INDEXES.remove(index)
+
+
+def _span(node: cst.CSTNode) -> tuple[_Index, int] | None:
+    for index in _INDEXES:
+        position = index.position(node)
+        if position is not None:
+            return index, position
+    return None
+
+
 def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node below `node`, `node` included, parents first, in lexical order."""
+    span = _span(node) if _INDEXES else None
+    if span is not None:
+        index, start = span
+        return iter(index.nodes[start : index.ends[start]])
+    return _walk(node)
+
+
+def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     stack = [node]
     while stack:
         current = stack.pop()
+        span = _span(current) if _INDEXES else None
+        if span is not None:
+            index, start = span
+            yield from index.nodes[start : index.ends[start]]
+            continue
         yield current
         stack.extend(reversed(children(current)))
 
@@ -130,9 +200,23 @@ def walk_with_ancestors(node: cst.CSTNode) -> Iterator[tuple[cst.CSTNode, list[c
     while stack:
         current, depth = stack.pop()
         del ancestors[depth:]
-        yield current, ancestors
-        ancestors.append(current)
-        stack.extend((child, depth + 1) for child in reversed(children(current)))
+        span = _span(current) if _INDEXES else None
+        if span is None:
+            yield current, ancestors
+            ancestors.append(current)
+            stack.extend((child, depth + 1) for child in reversed(children(current)))
+            continue
+        index, start = span
+        nodes, ends = index.nodes, index.ends
+        open_ends: list[int] = []  # where the subtrees of the indexed ancestors end
+        for position in range(start, ends[start]):
+            while open_ends and open_ends[-1] <= position:
+                open_ends.pop()
+                ancestors.pop()
+            yield nodes[position], ancestors
+            ancestors.append(nodes[position])
+            open_ends.append(ends[position])
+        del ancestors[depth:]
 
 
 def path_to(root: cst.CSTNode, target: cst.CSTNode) -> list[cst.CSTNode] | None:
