@@ -12,7 +12,17 @@ third of parsing it, and the fixes' proofs walk subtrees many times over. Here:
   and used only when it reproduces that answer exactly; otherwise LibCST's
   answer is used for that kind of node every time.
 - `replace` rebuilds only the nodes on the path from the root to the node it
-  replaces; every other node is shared with the old tree, unchanged.
+  replaces, and `transform` only the nodes a transformer changed something below;
+  every other node is shared with the old tree, unchanged.
+- `indexed` collects a tree's nodes once, so that each later walk of an unchanged
+  subtree is a slice of one list.
+
+LibCST's node classes are ABCs: an isinstance() that fails goes through the ABC
+machinery (for a base class, through its subclasses) instead of comparing one
+pointer, and the first time for each pair of classes in a process, it costs
+microseconds. The parser and the fixes make nodes of the concrete classes only,
+never of subclasses of them, so loops over every node of a tree compare
+`type(node)` with `is` or look it up in a set.
 """
 
 from __future__ import annotations
@@ -279,6 +289,14 @@ def _with_children_transformed(
             if new is not value:
                 changes[names[index]] = new
     return node.with_changes(**changes) if changes else node
+
+
+def may_hold_blocks(node: cst.CSTNode) -> bool:
+    """False for a node below which Python's grammar allows no indented block (a line
+    of simple statements, an expression): a transformer that changes blocks only
+    need not enter it (return this from `on_visit`)."""
+    kind = type(node)
+    return kind is not cst.SimpleStatementLine and cst.BaseExpression not in kind.__mro__
 
 
 def replace(path: Sequence[cst.CSTNode], new: cst.CSTNode) -> cst.CSTNode:

@@ -36,7 +36,7 @@ from ._syntax import (
     module_bindings,
     walk,
 )
-from ._tree import transform
+from ._tree import may_hold_blocks, transform
 
 NAME = "request_received"
 
@@ -78,6 +78,10 @@ class _Transformer(ScopeTracker):
         self.bindings = module_bindings(module)
         self.seen = 0
         self.changed: dict[str, None] = {}  # qualnames, in order
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        # Only blocks change: lines and expressions, most of the module, are not entered.
+        return super().on_visit(node) and may_hold_blocks(node)
 
     def leave_IndentedBlock(
         self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock

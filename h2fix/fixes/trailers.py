@@ -132,10 +132,13 @@ class _Finder:
     def find(self, tree: cst.Module) -> list[_Dispatch]:
         # One walk over shared nodes: `tree.visit` would rebuild the whole tree.
         for node, ancestors in walk_with_ancestors(tree):
-            if isinstance(node, cst.If) and id(node) not in self._in_chain:
+            kind = type(node)  # `is`, not isinstance: see _tree.py on LibCST's classes
+            if kind is cst.If and id(node) not in self._in_chain:
+                assert isinstance(node, cst.If)
                 arms = tuple(_if_arm(branch) for branch in self._chain(node))
                 self.dispatches.append(_Dispatch(arms, tuple(ancestors), node))
-            elif isinstance(node, cst.Match):
+            elif kind is cst.Match:
+                assert isinstance(node, cst.Match)
                 subject = identifier(node.subject) if isinstance(node.subject, cst.Name) else None
                 arms = tuple(_case_arm(case, subject) for case in node.cases)
                 self.dispatches.append(_Dispatch(arms, tuple(ancestors), node))
@@ -758,9 +761,12 @@ class _Proof:
                 for node in walk(method):
                     targets: list[cst.BaseExpression] = []
                     value: cst.BaseExpression | None = None
-                    if isinstance(node, cst.Assign):
+                    kind = type(node)  # `is`, not isinstance: see _tree.py on LibCST's classes
+                    if kind is cst.Assign:
+                        assert isinstance(node, cst.Assign)
                         targets, value = [t.target for t in node.targets], node.value
-                    elif isinstance(node, (cst.AnnAssign, cst.AugAssign)):
+                    elif kind is cst.AnnAssign or kind is cst.AugAssign:
+                        assert isinstance(node, (cst.AnnAssign, cst.AugAssign))
                         targets, value = [node.target], node.value
                     for target in targets:
                         attribute = self_attribute(target, receiver)
