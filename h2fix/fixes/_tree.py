@@ -28,7 +28,6 @@ never of subclasses of them, so loops over every node of a tree compare
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -60,7 +59,9 @@ def children(node: cst.CSTNode) -> Sequence[cst.CSTNode]:
         return ()
     values = values_of(node)
     key = (kind, *map(type, values))
-    plan = _PLANS[key] if key in _PLANS else _learn_plan(key, node, values)
+    plan = _PLANS.get(key, _UNLEARNT)
+    if plan is _UNLEARNT:
+        plan = _learn_plan(key, node, values)
     if plan is None:
         return node.children
     found: list[cst.CSTNode] = []
@@ -72,12 +73,15 @@ def children(node: cst.CSTNode) -> Sequence[cst.CSTNode]:
     return found
 
 
+_UNLEARNT: _Plan = ((-1, False),)
+
+
 def _no_values(node: cst.CSTNode) -> tuple[Any, ...]:
     return ()
 
 
 def _learn_fields(kind: type[cst.CSTNode]) -> _FieldValues:
-    declared = {field.name for field in dataclasses.fields(kind)}
+    declared = kind.__dataclass_fields__  # a dict by name: cheaper than fields()
     code = kind._visit_and_replace_children.__code__
     # LibCST's `_visit_and_replace_children` visits a field with
     # `visit_<how>(self, "<field>", self.<field>, visitor)`, one after the other in
@@ -133,19 +137,18 @@ class _Index:
     def __init__(self, root: cst.CSTNode) -> None:
         self.nodes: list[cst.CSTNode] = []
         self.ends: list[int] = []
-        # A node's position, pushed after its children, marks where its subtree ends.
-        stack: list[cst.CSTNode | int] = [root]
-        while stack:
-            item = stack.pop()
-            if type(item) is int:
-                self.ends[item] = len(self.nodes)
-                continue
-            assert isinstance(item, cst.CSTNode)
-            stack.append(len(self.nodes))
-            self.nodes.append(item)
-            self.ends.append(0)
-            stack.extend(reversed(children(item)))
+        self._collect(root)
         self.positions = {id(node): position for position, node in enumerate(self.nodes)}
+
+    def _collect(self, node: cst.CSTNode) -> None:
+        # Recursive: as deep as LibCST's own visits of the same tree, which recurse
+        # three frames a level.
+        position = len(self.nodes)
+        self.nodes.append(node)
+        self.ends.append(0)
+        for child in children(node):
+            self._collect(child)
+        self.ends[position] = len(self.nodes)
 
     def position(self, node: cst.CSTNode) -> int | None:
         # The index holds its nodes, so no other node has one of their ids meanwhile.
@@ -273,7 +276,9 @@ def _with_children_transformed(
         return node
     values = values_of(node)
     key = (kind, *map(type, values))
-    plan = _PLANS[key] if key in _PLANS else _learn_plan(key, node, values)
+    plan = _PLANS.get(key, _UNLEARNT)
+    if plan is _UNLEARNT:
+        plan = _learn_plan(key, node, values)
     if plan is None:  # LibCST's own machinery, for a kind of node this one cannot read
         return node._visit_and_replace_children(visitor)
     names = _FIELDS[kind]
