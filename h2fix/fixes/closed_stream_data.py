@@ -132,6 +132,9 @@ class _Finder:
     def find(self) -> list[_Branch]:
         # One walk over shared nodes: `tree.visit` would rebuild the whole tree.
         for node, ancestors in walk_with_ancestors(self.module):
+            kind = type(node)  # most nodes are neither: see _tree.py on LibCST's classes
+            if kind is not cst.If and kind is not cst.MatchCase:
+                continue
             self._stack = ancestors
             if isinstance(node, cst.If):
                 event = self._event_class(node.test)
@@ -660,6 +663,12 @@ def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | 
     return positional[position].value if len(positional) > position else None
 
 
+# The classes of node `_self_assignments` reads.
+_ASSIGNING = frozenset(
+    {cst.Assign, cst.AnnAssign, cst.AugAssign, cst.For, cst.CompFor, cst.WithItem}
+)
+
+
 def _self_assignments(cls: cst.ClassDef) -> Iterator[tuple[str, cst.BaseExpression]]:
     """(attr, value) for each assignment to `self.<attr>` in the class's methods; a value
     the fix cannot see (`+=`, a bare annotation, a tuple or loop target) as `...`."""
@@ -671,6 +680,8 @@ def _self_assignments(cls: cst.ClassDef) -> Iterator[tuple[str, cst.BaseExpressi
         if receiver is None:
             continue
         for node in walk(method.body):
+            if type(node) not in _ASSIGNING:  # most nodes: see _tree.py on LibCST's classes
+                continue
             if isinstance(node, cst.Assign):
                 for target in node.targets:
                     value = node.value if isinstance(target.target, cst.Attribute) else unseen

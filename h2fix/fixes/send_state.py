@@ -124,6 +124,8 @@ def _awaited(line: cst.BaseStatement) -> cst.BaseExpression | None:
 
 def _method_call(node: cst.CSTNode, method: str) -> tuple[cst.BaseExpression, list[cst.Arg]] | None:
     """(object, args) for `<object>.<method>(args)`."""
+    if type(node) is not cst.Call:  # most nodes: see _tree.py on LibCST's classes
+        return None
     if (
         isinstance(node, cst.Call)
         and isinstance(node.func, cst.Attribute)
@@ -955,7 +957,8 @@ def _subjects(method: cst.FunctionDef) -> dict[int, cst.BaseExpression]:
     return {
         id(case): node.subject
         for node in walk(method)
-        if isinstance(node, cst.Match)
+        if type(node) is cst.Match  # see _tree.py on LibCST's classes
+        and isinstance(node, cst.Match)
         for case in node.cases
     }
 
@@ -1091,6 +1094,8 @@ def _branches(
     if kind is cst.If or kind is cst.MatchCase:
         assert isinstance(node, (cst.If, cst.MatchCase))
         yield node, tries, dead
+    if not may_hold_blocks(node):  # no `if` or `case` below a line or an expression
+        return
     if kind is cst.IndentedBlock:
         assert isinstance(node, cst.IndentedBlock)
         jumped = dead
