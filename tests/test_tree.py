@@ -8,8 +8,9 @@ messages, which list what they found in walk order) would change.
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import libcst as cst
@@ -254,3 +255,30 @@ def test_walks_read_the_index_of_a_tree_and_of_trees_built_from_it() -> None:
                 else:
                     assert node is root
     assert not _tree._INDEXES  # nothing kept once the rewrite is over
+
+
+class _Opaque:
+    """A method without Python code, as a LibCST compiled to C would have."""
+
+    def __init__(self, function: Callable[..., cst.CSTNode]) -> None:
+        self.function = function
+
+    def __get__(self, node: object, kind: object) -> Callable[..., cst.CSTNode]:
+        return functools.partial(self.function, node)
+
+
+class _CompiledCall(cst.Call):
+    _visit_and_replace_children = _Opaque(cst.Call._visit_and_replace_children)  # type: ignore[assignment]
+
+
+def test_nodes_whose_visiting_code_cannot_be_read_are_asked() -> None:
+    tree = cst.parse_module("print(a, f(b))\nx = 1\n")
+    [call] = [node for node in libcst_walk(tree) if isinstance(node, cst.Call)][:1]
+    compiled = _CompiledCall(func=call.func, args=call.args)
+    tree = _tree.replace(
+        [*next(p for n, p in _tree.walk_with_ancestors(tree) if n is call), call], compiled
+    )
+    assert [id(n) for n in _tree.walk(tree)] == [id(n) for n in libcst_walk(tree)]
+    ours, theirs = _Rename(), _Rename()
+    assert _tree.transform(tree, ours).code == tree.visit(theirs).code
+    assert ours.hooks == theirs.hooks

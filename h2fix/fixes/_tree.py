@@ -57,6 +57,8 @@ def children(node: cst.CSTNode) -> Sequence[cst.CSTNode]:
     values_of = _VALUES.get(kind) or _learn_fields(kind)
     if values_of is _no_values:
         return ()
+    if values_of is _unreadable:
+        return node.children
     values = values_of(node)
     key = (kind, *map(type, values))
     plan = _PLANS.get(key, _UNLEARNT)
@@ -80,9 +82,16 @@ def _no_values(node: cst.CSTNode) -> tuple[Any, ...]:
     return ()
 
 
+def _unreadable(node: cst.CSTNode) -> tuple[Any, ...]:
+    return ()
+
+
 def _learn_fields(kind: type[cst.CSTNode]) -> _FieldValues:
-    declared = kind.__dataclass_fields__  # a dict by name: cheaper than fields()
-    code = kind._visit_and_replace_children.__code__
+    declared = getattr(kind, "__dataclass_fields__", {})  # by name: cheaper than fields()
+    code = getattr(kind._visit_and_replace_children, "__code__", None)
+    if code is None:  # not Python code (a compiled LibCST): ask LibCST for these nodes
+        _FIELDS[kind], _VALUES[kind] = tuple(declared), _unreadable
+        return _unreadable
     # LibCST's `_visit_and_replace_children` visits a field with
     # `visit_<how>(self, "<field>", self.<field>, visitor)`, one after the other in
     # lexical order, so the field names among its constants, in order of first use,
@@ -274,6 +283,8 @@ def _with_children_transformed(
     values_of = _VALUES.get(kind) or _learn_fields(kind)
     if values_of is _no_values:
         return node
+    if values_of is _unreadable:
+        return node._visit_and_replace_children(visitor)
     values = values_of(node)
     key = (kind, *map(type, values))
     plan = _PLANS.get(key, _UNLEARNT)
