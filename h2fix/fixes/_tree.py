@@ -7,10 +7,10 @@ nothing. On a protocol module (7,000+ nodes) each whole-tree pass costs about a
 third of parsing it, and the fixes' proofs walk subtrees many times over. Here:
 
 - `children` reads a node's fields directly. The order LibCST gives children in
-  (lexical order, which is not the order the fields are declared in) is learnt
-  once per node class and set of filled fields, from LibCST's own `children`,
-  and used only when it reproduces that answer exactly; otherwise LibCST's
-  answer is used for that kind of node every time.
+  (lexical order, which is not the order the fields are declared in) is read off
+  LibCST's own visiting code, checked against LibCST's `children` once for each
+  node class and classes of field values, and used only when it reproduces that
+  answer exactly; otherwise LibCST is asked for such nodes every time.
 - `replace` rebuilds only the nodes on the path from the root to the node it
   replaces, and `transform` only the nodes a transformer changed something below;
   every other node is shared with the old tree, unchanged.
