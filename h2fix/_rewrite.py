@@ -68,25 +68,28 @@ def rewrite_with_libcst(
         if strict:
             raise
         return Rewrite(source, source, tuple(_refused(fix.name, error) for fix in selected))
+    from .fixes._tree import indexed  # deferred: it imports libcst
+
     outcomes = []
-    for fix in selected:
-        try:
-            tree, outcome = fix.load()(tree, environment)
-        except (RecursionError, MemoryError) as error:
-            failure: H2FixError = _exhausted(error)
-            if strict:
-                raise failure from error
-            outcome = _refused(fix.name, failure)
-        except H2FixError as error:
-            if strict or not isinstance(error, UnrecognisedStructureError):
-                raise
-            outcome = _refused(fix.name, error)
-        except Exception as error:  # a bug in a fix: say so, never a bare traceback
-            failure = FixFailedError(fix.name, error)
-            if strict:
-                raise failure from error
-            outcome = _refused(fix.name, failure)
-        outcomes.append(outcome)
+    with indexed(tree):  # every fix's proofs walk the parsed tree: collect it once
+        for fix in selected:
+            try:
+                tree, outcome = fix.load()(tree, environment)
+            except (RecursionError, MemoryError) as error:
+                failure: H2FixError = _exhausted(error)
+                if strict:
+                    raise failure from error
+                outcome = _refused(fix.name, failure)
+            except H2FixError as error:
+                if strict or not isinstance(error, UnrecognisedStructureError):
+                    raise
+                outcome = _refused(fix.name, error)
+            except Exception as error:  # a bug in a fix: say so, never a bare traceback
+                failure = FixFailedError(fix.name, error)
+                if strict:
+                    raise failure from error
+                outcome = _refused(fix.name, failure)
+            outcomes.append(outcome)
     try:
         code = tree.code
     except (RecursionError, MemoryError) as error:

@@ -42,24 +42,32 @@ def loaded_after(code: str, *, before: str = "import hypercorn.protocol.h2") -> 
     return loaded
 
 
-def test_import_loads_only_the_warm_path() -> None:
-    loaded = loaded_after("import h2fix")
+def test_import_loads_nothing_but_the_package() -> None:
+    # Every public name is imported on first use: a worker pays for what it calls.
+    assert loaded_after("import h2fix") == ["h2fix"]
+
+
+def test_apply_loads_only_the_warm_path() -> None:
+    loaded = loaded_after("import h2fix; h2fix.apply")
     assert all(name == "h2fix" or name.startswith("h2fix.") for name in loaded), loaded
+    assert "h2fix._runtime" in loaded
     # Needed only to rewrite (cold path) or on first use of a lazy attribute.
     for name in ("h2fix._rewrite", "h2fix._known", "h2fix._known_releases", "h2fix._cli"):
         assert name not in loaded
 
 
-def test_import_alone_needs_neither_dataclasses_nor_typing() -> None:
-    loaded = loaded_after("import h2fix", before="")
+def test_apply_alone_needs_neither_dataclasses_nor_typing() -> None:
+    loaded = loaded_after("import h2fix; h2fix.apply", before="")
     for name in ("dataclasses", "inspect", "typing", "libcst", "hypercorn", "pathlib"):
         assert name not in loaded, f"import h2fix imported {name}"
 
 
 def test_lazy_attributes_resolve_to_the_defining_modules() -> None:
-    from h2fix import _errors, _results, _rewrite
+    from h2fix import _errors, _results, _rewrite, _runtime
 
     assert h2fix.rewrite is _rewrite.rewrite
+    assert h2fix.apply is _runtime.apply
+    assert h2fix.H2FixError is _errors.H2FixError
     assert h2fix.Report is _results.Report
     assert h2fix.UnrecognisedStructureError is _errors.UnrecognisedStructureError
     assert h2fix.Environment is Environment

@@ -67,6 +67,7 @@ from ._syntax import (
     subclasses,
     walk,
 )
+from ._tree import children, transform, walk_with_ancestors
 
 NAME = "closed_stream_data"
 
@@ -120,32 +121,33 @@ class _Branch:
         return dotted(test.args[0].value)
 
 
-class _Finder(cst.CSTVisitor):
+class _Finder:
     """Collects every branch for one client-half event; refuses shapes it cannot guard."""
 
     def __init__(self, module: cst.Module) -> None:
-        super().__init__()
         self.module = module
         self.branches: list[_Branch] = []
         self._stack: list[cst.CSTNode] = []
 
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        if isinstance(node, cst.If):
-            event = self._event_class(node.test)
-            if event is not None:
-                self.branches.append(_Branch(event, node, tuple(self._stack)))
-        elif isinstance(node, cst.MatchCase) and _names_any(node.pattern, CLIENT_HALF_EVENTS):
-            raise UnrecognisedStructureError(
-                NAME,
-                _where(self._stack),
-                "`if isinstance(<event>, <h2 event>):` branches (not match/case)",
-                self.module.code_for_node(node).strip("\n"),
-            )
-        self._stack.append(node)
-        return True
-
-    def on_leave(self, original_node: cst.CSTNode) -> None:
-        self._stack.pop()
+    def find(self) -> list[_Branch]:
+        # One walk over shared nodes: `tree.visit` would rebuild the whole tree.
+        for node, ancestors in walk_with_ancestors(self.module):
+            kind = type(node)  # most nodes are neither: see _tree.py on LibCST's classes
+            if kind is not cst.If and kind is not cst.MatchCase:
+                continue
+            self._stack = ancestors
+            if isinstance(node, cst.If):
+                event = self._event_class(node.test)
+                if event is not None:
+                    self.branches.append(_Branch(event, node, tuple(self._stack)))
+            elif isinstance(node, cst.MatchCase) and _names_any(node.pattern, CLIENT_HALF_EVENTS):
+                raise UnrecognisedStructureError(
+                    NAME,
+                    _where(self._stack),
+                    "`if isinstance(<event>, <h2 event>):` branches (not match/case)",
+                    self.module.code_for_node(node).strip("\n"),
+                )
+        return self.branches
 
     def _event_class(self, test: cst.BaseExpression) -> str | None:
         """The client-half event a test selects alone; refuses a test that shares it."""
@@ -599,7 +601,7 @@ def _lookups(
         if node.orelse is not None:
             yield from _lookups(node.orelse, receiver, enclosing)
         return
-    for child in node.children:
+    for child in children(node):
         yield from _lookups(child, receiver, enclosing)
 
 
@@ -650,7 +652,7 @@ def _leaves_early(node: cst.CSTNode) -> bool:
         return True
     if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
         return False
-    return any(_leaves_early(child) for child in node.children)
+    return any(_leaves_early(child) for child in children(node))
 
 
 def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:
@@ -659,6 +661,12 @@ def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | 
             return arg.value
     positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
     return positional[position].value if len(positional) > position else None
+
+
+# The classes of node `_self_assignments` reads.
+_ASSIGNING = frozenset(
+    {cst.Assign, cst.AnnAssign, cst.AugAssign, cst.For, cst.CompFor, cst.WithItem}
+)
 
 
 def _self_assignments(cls: cst.ClassDef) -> Iterator[tuple[str, cst.BaseExpression]]:
@@ -672,6 +680,8 @@ def _self_assignments(cls: cst.ClassDef) -> Iterator[tuple[str, cst.BaseExpressi
         if receiver is None:
             continue
         for node in walk(method.body):
+            if type(node) not in _ASSIGNING:  # most nodes: see _tree.py on LibCST's classes
+                continue
             if isinstance(node, cst.Assign):
                 for target in node.targets:
                     value = node.value if isinstance(target.target, cst.Attribute) else unseen
@@ -710,9 +720,7 @@ def _is_empty_dict(value: cst.BaseExpression) -> bool:
 
 
 def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
-    finder = _Finder(tree)
-    tree.visit(finder)
-    branches = finder.branches
+    branches = _Finder(tree).find()
     data = [b for b in branches if b.event == DATA]
     if not data:
         if _names_any(tree, (DATA,)):
@@ -762,7 +770,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
         )
     replacements = {key: _guarded_body(guard) for key, guard in guards.items()}
     events = [event for event in CLIENT_HALF_EVENTS if event in changed]
-    return tree.visit(_Replace(replacements, paths)), FixOutcome(
+    return transform(tree, _Replace(replacements, paths)), FixOutcome(
         NAME,
         Outcome.REWRITTEN,
         f"{dispatch.where} now skips {', '.join(events)} for a stream it already "

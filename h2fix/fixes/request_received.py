@@ -36,6 +36,7 @@ from ._syntax import (
     module_bindings,
     walk,
 )
+from ._tree import may_hold_blocks, transform
 
 NAME = "request_received"
 
@@ -77,6 +78,10 @@ class _Transformer(ScopeTracker):
         self.bindings = module_bindings(module)
         self.seen = 0
         self.changed: dict[str, None] = {}  # qualnames, in order
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        # Only blocks change: lines and expressions, most of the module, are not entered.
+        return super().on_visit(node) and may_hold_blocks(node)
 
     def leave_IndentedBlock(
         self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
@@ -233,7 +238,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
     if environment.request_received_parameters is None:
         return tree, FixOutcome(NAME, Outcome.NOT_NEEDED, "h2 is not installed")
     transformer = _Transformer(tree, environment)
-    new_tree = tree.visit(transformer)
+    new_tree = transform(tree, transformer)
     h2 = f"h2 {environment.h2_version}"
     if not transformer.seen:
         return tree, FixOutcome(

@@ -64,6 +64,7 @@ from ._syntax import (
     walk,
 )
 from ._syntax import first_parameter as self_name
+from ._tree import children, may_hold_blocks, transform
 
 NAME = "send_state"
 
@@ -123,6 +124,8 @@ def _awaited(line: cst.BaseStatement) -> cst.BaseExpression | None:
 
 def _method_call(node: cst.CSTNode, method: str) -> tuple[cst.BaseExpression, list[cst.Arg]] | None:
     """(object, args) for `<object>.<method>(args)`."""
+    if type(node) is not cst.Call:  # most nodes: see _tree.py on LibCST's classes
+        return None
     if (
         isinstance(node, cst.Call)
         and isinstance(node.func, cst.Attribute)
@@ -926,7 +929,10 @@ _CATCHES_KEY_ERROR = frozenset({"KeyError", "LookupError", "Exception", "BaseExc
 
 def _any_method_call(node: cst.CSTNode) -> tuple[cst.BaseExpression, str] | None:
     """(object, method) for `<object>.<method>(...)`."""
-    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+    # `is`, not isinstance: see _tree.py on LibCST's classes
+    if type(node) is cst.Call and type(node.func) is cst.Attribute:
+        assert isinstance(node, cst.Call)
+        assert isinstance(node.func, cst.Attribute)
         return node.func.value, identifier(node.func.attr)
     return None
 
@@ -951,7 +957,8 @@ def _subjects(method: cst.FunctionDef) -> dict[int, cst.BaseExpression]:
     return {
         id(case): node.subject
         for node in walk(method)
-        if isinstance(node, cst.Match)
+        if type(node) is cst.Match  # see _tree.py on LibCST's classes
+        and isinstance(node, cst.Match)
         for case in node.cases
     }
 
@@ -1031,9 +1038,15 @@ def _calls_own(node: cst.CSTNode, receiver: str) -> set[str]:
     return {call[1]}
 
 
+# The classes of node `_mutates` looks into (see _tree.py on LibCST's classes).
+_MUTATING = frozenset({cst.Assign, cst.AnnAssign, cst.AugAssign, cst.Del, cst.Call})
+
+
 def _mutates(node: cst.CSTNode, receiver: str, names: _Names) -> bool:
     """The node adds to or takes from the buffers or the tree (reading, unblocking and
     using a buffer do neither)."""
+    if type(node) not in _MUTATING:  # most nodes: one set lookup instead of ABC checks
+        return False
     buffers, tree = f"{receiver}.{names.buffers}", f"{receiver}.{names.priority}"
     targets: list[cst.BaseExpression] = []
     if isinstance(node, cst.Assign):
@@ -1075,11 +1088,16 @@ def _branches(
     """Every `if`/`elif` and `case` in a function body (not in nested functions or classes),
     with the `try` statements whose body holds it, and whether a return, raise, break or
     continue before it in an enclosing block means it never runs."""
-    if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+    kind = type(node)  # `is`, not isinstance: see _tree.py on LibCST's classes
+    if kind is cst.FunctionDef or kind is cst.ClassDef or kind is cst.Lambda:
         return
-    if isinstance(node, (cst.If, cst.MatchCase)):
+    if kind is cst.If or kind is cst.MatchCase:
+        assert isinstance(node, (cst.If, cst.MatchCase))
         yield node, tries, dead
-    if isinstance(node, cst.IndentedBlock):
+    if not may_hold_blocks(node):  # no `if` or `case` below a line or an expression
+        return
+    if kind is cst.IndentedBlock:
+        assert isinstance(node, cst.IndentedBlock)
         jumped = dead
         for statement in node.body:
             yield from _branches(statement, tries, jumped)
@@ -1088,13 +1106,14 @@ def _branches(
                 and any(isinstance(small, _JUMPS) for small in statement.body)
             )
         return
-    if isinstance(node, cst.Try):
+    if kind is cst.Try:
+        assert isinstance(node, cst.Try)
         yield from _branches(node.body, (*tries, node), dead)
-        for child in node.children:
+        for child in children(node):
             if child is not node.body:
                 yield from _branches(child, tries, dead)
         return
-    for child in node.children:
+    for child in children(node):
         yield from _branches(child, tries, dead)
 
 
@@ -1214,6 +1233,10 @@ class _Apply(cst.CSTTransformer):
         super().__init__()
         self.blocks = blocks
 
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        # Only blocks change: lines and expressions, most of the module, are not entered.
+        return may_hold_blocks(node)
+
     def leave_IndentedBlock(
         self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
     ) -> cst.IndentedBlock:
@@ -1236,7 +1259,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
         return tree, FixOutcome(
             NAME, outcome, f"send state is already released when a stream ends{notes}"
         )
-    new_tree = tree.visit(_Apply(work.plan.blocks))
+    new_tree = transform(tree, _Apply(work.plan.blocks))
     where = ", ".join(work.plan.changed)
     return new_tree, FixOutcome(
         NAME,

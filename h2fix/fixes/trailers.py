@@ -55,6 +55,7 @@ from ._syntax import (
     subclasses,
     walk,
 )
+from ._tree import path_to, replace, walk_with_ancestors
 
 NAME = "trailers"
 
@@ -121,28 +122,27 @@ class _Dispatch:
         return ".".join(names) or "<module>"
 
 
-class _Finder(cst.CSTVisitor):
+class _Finder:
     """Collects every dispatch on an event's class (if/elif chains and match statements)."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.dispatches: list[_Dispatch] = []
-        self._stack: list[cst.CSTNode] = []
         self._in_chain: set[int] = set()
 
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        if isinstance(node, cst.If) and id(node) not in self._in_chain:
-            arms = tuple(_if_arm(branch) for branch in self._chain(node))
-            self.dispatches.append(_Dispatch(arms, tuple(self._stack), node))
-        elif isinstance(node, cst.Match):
-            subject = identifier(node.subject) if isinstance(node.subject, cst.Name) else None
-            arms = tuple(_case_arm(case, subject) for case in node.cases)
-            self.dispatches.append(_Dispatch(arms, tuple(self._stack), node))
-        self._stack.append(node)
-        return True
-
-    def on_leave(self, original_node: cst.CSTNode) -> None:
-        self._stack.pop()
+    def find(self, tree: cst.Module) -> list[_Dispatch]:
+        # One walk over shared nodes: `tree.visit` would rebuild the whole tree.
+        for node, ancestors in walk_with_ancestors(tree):
+            kind = type(node)  # `is`, not isinstance: see _tree.py on LibCST's classes
+            if kind is cst.If and id(node) not in self._in_chain:
+                assert isinstance(node, cst.If)
+                arms = tuple(_if_arm(branch) for branch in self._chain(node))
+                self.dispatches.append(_Dispatch(arms, tuple(ancestors), node))
+            elif kind is cst.Match:
+                assert isinstance(node, cst.Match)
+                subject = identifier(node.subject) if isinstance(node.subject, cst.Name) else None
+                arms = tuple(_case_arm(case, subject) for case in node.cases)
+                self.dispatches.append(_Dispatch(arms, tuple(ancestors), node))
+        return self.dispatches
 
     def _chain(self, head: cst.If) -> Iterator[cst.If]:
         """`if`, its `elif`s, and an `else:` holding nothing but another `if` (drifted elif)."""
@@ -761,9 +761,12 @@ class _Proof:
                 for node in walk(method):
                     targets: list[cst.BaseExpression] = []
                     value: cst.BaseExpression | None = None
-                    if isinstance(node, cst.Assign):
+                    kind = type(node)  # `is`, not isinstance: see _tree.py on LibCST's classes
+                    if kind is cst.Assign:
+                        assert isinstance(node, cst.Assign)
                         targets, value = [t.target for t in node.targets], node.value
-                    elif isinstance(node, (cst.AnnAssign, cst.AugAssign)):
+                    elif kind is cst.AnnAssign or kind is cst.AugAssign:
+                        assert isinstance(node, (cst.AnnAssign, cst.AugAssign))
                         targets, value = [node.target], node.value
                     for target in targets:
                         attribute = self_attribute(target, receiver)
@@ -942,26 +945,11 @@ def _with_end_stream(module: cst.Module, call: cst.Call) -> cst.Call:
     return call.with_changes(args=[*args, new_arg])
 
 
-class _Replace(cst.CSTTransformer):
-    """Swaps one block for another, found by identity; everything else untouched."""
-
-    def __init__(self, old: cst.IndentedBlock, new: cst.IndentedBlock) -> None:
-        super().__init__()
-        self.old, self.new = old, new
-
-    def leave_IndentedBlock(
-        self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
-    ) -> cst.IndentedBlock:
-        return self.new if original_node is self.old else updated_node
-
-
 # --- the fix -------------------------------------------------------------------
 
 
 def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
-    finder = _Finder()
-    tree.visit(finder)
-    every = [(d, arm) for d in finder.dispatches for arm in d.arms if arm.mentions_trailers]
+    every = [(d, arm) for d in _Finder().find(tree) for arm in d.arms if arm.mentions_trailers]
     # Code that never runs is neither the candidate nor a decoy.
     arms = [(d, arm) for d, arm in every if not _provably_dead(d)]
     if every and not arms:
@@ -1031,12 +1019,22 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
             Outcome.FIXED_UPSTREAM,
             f"{plan.where} already drains the stream and ends it with the trailers",
         )
-    return tree.visit(_Replace(plan.body, new_body)), FixOutcome(
+    return _replaced(dispatch, plan.body, new_body), FixOutcome(
         NAME,
         Outcome.REWRITTEN,
         f"{plan.where} now drains the stream's buffer, then sends the trailers with END_STREAM",
         functions=(plan.where,),
     )
+
+
+def _replaced(dispatch: _Dispatch, old: cst.IndentedBlock, new: cst.IndentedBlock) -> cst.Module:
+    """The module with `old` (a block in the dispatch) swapped for `new`: only the
+    nodes from the module down to it are rebuilt."""
+    below = path_to(dispatch.statement, old)
+    assert below is not None  # the branch body is part of its dispatch
+    module = replace([*dispatch.ancestors, *below], new)
+    assert isinstance(module, cst.Module)
+    return module
 
 
 def _in_class(dispatch: _Dispatch) -> bool:
