@@ -216,7 +216,7 @@ def test_requests_past_the_limit_complete_then_goaway(tmp_path: Path, server: Se
     first = received.frames.index(goaways[0])
     assert all(received.index_of_end(s) > first for s in slow), received
     # ... and only then, idle, the final GOAWAY: every stream was processed.
-    [final] = [g for g in goaways if g.last_stream_id != MAX_STREAM_ID]
+    final = next(g for g in goaways if g.last_stream_id != MAX_STREAM_ID)
     assert all(received.index_of_end(s) < received.frames.index(final) for s in slow + quick)
     assert final.last_stream_id >= max(slow + quick), final
     assert_repaired(tmp_path, "max_requests")
@@ -228,25 +228,32 @@ SHUTDOWN = ["--graceful-timeout", "30"]  # far longer than any call here takes
 SLOW = b"2"  # seconds: still running well after the shutdown starts
 
 
+def grpc_call_during_shutdown(port: int, process: subprocess.Popen[bytes]) -> tuple[str, str]:
+    """A slow call in flight, SIGTERM, then a new call on the same channel: how the new call
+    and the slow one ended."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        echo = channel.unary_unary("/test.Test/Echo")
+        slow = channel.unary_unary("/test.Test/Slow").future(SLOW, timeout=30)
+        # Streams open in order on the one connection: once this call is answered, the
+        # server has the slow call too, before the shutdown begins.
+        assert echo(b"before", timeout=TIMEOUT) == b"before"
+        process.send_signal(signal.SIGTERM)
+        wait_until_not_listening(port)
+        new = outcome(lambda: echo(b"during", timeout=TIMEOUT))
+        return new, outcome(slow.result)
+
+
 @pytest.mark.parametrize("server", SERVERS)
 def test_new_call_during_shutdown_is_not_internal(tmp_path: Path, server: Server) -> None:
     """A new call on the open channel is refused retry-safely (grpcio retries it, and gets
     UNAVAILABLE once the server is gone), and the slow call in flight completes."""
     with started(tmp_path, server, *SHUTDOWN) as (port, process):
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            echo = channel.unary_unary("/test.Test/Echo")
-            slow = channel.unary_unary("/test.Test/Slow").future(SLOW, timeout=30)
-            # Streams open in order on the one connection: once this call is answered, the
-            # server has the slow call too, before the shutdown begins.
-            assert echo(b"before", timeout=TIMEOUT) == b"before"
-            process.send_signal(signal.SIGTERM)
-            wait_until_not_listening(port)
-            new = outcome(lambda: echo(b"during", timeout=TIMEOUT))
-            in_flight = outcome(slow.result)
-        assert stopped(process) == 0
+        new, in_flight = grpc_call_during_shutdown(port, process)
+        exit_code = stopped(process)
     assert not new.startswith("INTERNAL"), new
     assert new == "ok" or new.startswith("UNAVAILABLE"), new
     assert in_flight == "ok"
+    assert exit_code == 0
     assert_repaired(tmp_path, "graceful_shutdown")
 
 
@@ -277,10 +284,11 @@ def new_stream_during_shutdown(
 def test_new_stream_during_shutdown_is_refused(tmp_path: Path, server: Server) -> None:
     with started(tmp_path, server, *SHUTDOWN) as (port, process):
         slow, new, received = new_stream_during_shutdown(port, process)
-        assert stopped(process) == 0
+        exit_code = stopped(process)
     resets = [f.error_code for f in received.of("RstStream") if f.stream_id == new]
     assert resets == [h2.errors.ErrorCodes.REFUSED_STREAM], received
     assert (grpc_status(received, slow), messages(received, slow)) == (b"0", [b"slow"])
+    assert exit_code == 0
     assert_repaired(tmp_path, "graceful_shutdown")
 
 
@@ -309,17 +317,11 @@ def test_without_max_requests_grpc_calls_fail(tmp_path: Path) -> None:
 def test_without_graceful_shutdown_a_new_call_fails_with_internal(tmp_path: Path) -> None:
     extra = ["--without", "graceful_shutdown", *SHUTDOWN]
     with running_server(tmp_path, extra=extra, fix=True) as (port, process):
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            echo = channel.unary_unary("/test.Test/Echo")
-            slow = channel.unary_unary("/test.Test/Slow").future(SLOW, timeout=30)
-            assert echo(b"before", timeout=TIMEOUT) == b"before"
-            process.send_signal(signal.SIGTERM)
-            wait_until_not_listening(port)
-            new = outcome(lambda: echo(b"during", timeout=TIMEOUT))
-            assert outcome(slow.result) == "ok"
+        new, in_flight = grpc_call_during_shutdown(port, process)
         assert stopped(process) == 0
     assert new.startswith("INTERNAL"), new
     assert "error code 0" in new, new
+    assert in_flight == "ok"
 
 
 def test_without_graceful_shutdown_the_new_stream_is_reset_with_no_error(tmp_path: Path) -> None:
