@@ -113,7 +113,7 @@ def stopped(process: subprocess.Popen[bytes]) -> int:
     try:
         return process.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
-        process.kill()  # by its own pid; the fixture's stop then finds it gone
+        process.kill()  # by its own pid; running_server's stop then finds it gone
         process.wait()
         raise
 
@@ -134,7 +134,7 @@ def wait_until_not_listening(port: int) -> None:
 
 
 def outcome(call: Callable[[], Any]) -> str:
-    """ "ok", or how a gRPC call failed: "<CODE>: <details>"."""
+    """How a gRPC call ended: "ok", or "<CODE>: <details>"."""
     try:
         call()
     except grpc.RpcError as error:
@@ -230,7 +230,9 @@ def test_requests_past_the_limit_complete_then_goaway(tmp_path: Path, server: Se
     first = received.frames.index(goaways[0])
     assert all(received.index_of_end(s) > first for s in slow), received
     # ... and only then, idle, the final GOAWAY: every stream was processed.
-    final = next(g for g in goaways if g.last_stream_id != MAX_STREAM_ID)
+    finals = [g for g in goaways if g.last_stream_id != MAX_STREAM_ID]
+    assert finals, f"the connection closed with no final GOAWAY: {received}"
+    final = finals[0]
     assert all(received.index_of_end(s) < received.frames.index(final) for s in slow + quick)
     assert final.last_stream_id >= max(slow + quick), final
     assert_repaired(tmp_path, server, "max_requests")
