@@ -314,10 +314,10 @@ def test_new_stream_during_shutdown_is_refused(tmp_path: Path, server: Server) -
 def test_without_max_requests_calls_past_the_limit_are_lost(tmp_path: Path) -> None:
     """Every other fix applied: from request LIMIT + 1 on the server closes h2 at once, with a
     GOAWAY that names the last stream it received, and no call on the connection ever ends
-    (the slow ones would have within the 2 s this waits after the GOAWAY)."""
+    (the slow ones, of half a second, would have within the second this waits after the GOAWAY)."""
     extra = ["--without", "max_requests", "--keep-alive-max-requests", str(LIMIT)]
     with running_server(tmp_path, extra=extra, fix=True) as (port, _):
-        slow, quick, received = requests_across_the_limit(port, linger=2)
+        slow, quick, received = requests_across_the_limit(port, linger=1)
     goaways = received.of("GoAway")
     assert goaways, received
     assert all(slow[-1] < g.last_stream_id < MAX_STREAM_ID for g in goaways), goaways
