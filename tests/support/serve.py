@@ -108,6 +108,11 @@ def main() -> None:
         type=int,
         help="the server's limit of requests per connection (1000 by default)",
     )
+    parser.add_argument(
+        "--graceful-timeout",
+        type=float,
+        help="seconds a graceful shutdown waits for the calls in flight (3 by default)",
+    )
     args = parser.parse_args()
     if args.fix:
         fixes = args.only_fix or [fix.name for fix in FIXES if fix.name not in args.without]
@@ -132,6 +137,8 @@ def main() -> None:
     config.bind = bind
     if args.keep_alive_max_requests:
         config.keep_alive_max_requests = args.keep_alive_max_requests
+    if args.graceful_timeout is not None:
+        config.graceful_timeout = args.graceful_timeout
     anyio.run(
         functools.partial(serve, debug_app, config, shutdown_trigger=until_signalled),
         backend=args.worker_class,
