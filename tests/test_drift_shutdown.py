@@ -139,9 +139,6 @@ request_received_by_name = replacing(
     ("import h2.exceptions\n", "import h2.exceptions\nfrom h2.events import RequestReceived\n"),
     (REQUEST_TEST, "            if isinstance(event, RequestReceived):\n"),
 )
-early_return_guard = replacing(
-    (LOOP_HEAD, "        if not events:\n            return\n" + LOOP_HEAD)
-)
 # `idle` the local, not `idle=` the keyword nor `stream.idle` the property.
 idle_local_renamed = in_method(
     "stream_send", lambda m: re.sub(r"(?<![.\w])idle\b(?!=)", "quiet", m)
@@ -596,7 +593,6 @@ VARIANTS: dict[str, Variant] = {
     "imports-reordered": Variant(imports_reordered, BOTH_FIX),
     "logging-statements": Variant(logging_statements, BOTH_FIX),
     "request-received-imported-by-name": Variant(request_received_by_name, BOTH_FIX),
-    "early-return-guard": Variant(early_return_guard, BOTH_FIX),
     "idle-local-renamed": Variant(idle_local_renamed, {MR: "fix"}),
     "limit-test-reversed": Variant(limit_test_reversed, {MR: "fix|refuse"}),
     "shutdown-arms-swapped": Variant(shutdown_arms_swapped, {GS: "fix|refuse"}),
@@ -676,7 +672,8 @@ VARIANTS: dict[str, Variant] = {
     ),
     "earlier-arm-takes-shutdown-requests": Variant(
         earlier_arm_takes_shutdown_requests,
-        {GS: "fix|refuse"},
+        # max_requests: the limit's arm still runs for every request served.
+        {GS: "fix|refuse", MR: "fix|refuse"},
         after=(
             (
                 GS,
@@ -1026,8 +1023,8 @@ def max_requests_problems(served: Served) -> list[str]:
 
     Several connections one after the other: closing the connection races with the send
     task ending the last stream (measured: closing once idle in stream_send's StreamClosed
-    arm loses the last END_STREAM on 4 of 10 connections), so one passing connection proves
-    little."""
+    arm lost the last END_STREAM on 14 of 30 connections), so one passing connection proves
+    little: 20 miss it about once in 300,000 runs."""
     for _ in range(ROUNDS):
         problems = max_requests_round(served)
         if problems:
