@@ -916,7 +916,7 @@ def shutdown_problems(served: Served) -> list[str]:
         # before is accepted, and 0.17.3 may never answer it: not this check's business.)
         if not listener_closed(served.port, GRACE / 2):
             return [f"the server still listens {GRACE / 2} s after SIGTERM"]
-        time.sleep(0.3)
+        time.sleep(0.5)
         late = client.get("/hello")
         [response] = client.wait(late)
         if "reset" not in response.events:
