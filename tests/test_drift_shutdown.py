@@ -17,7 +17,10 @@ worker) and driven by a real h2 client:
   reset with REFUSED_STREAM, which tells the client it was not processed and may be retried;
 - max_requests: with keep_alive_max_requests 2, three requests whose bodies are still coming
   when the limit is passed must all be answered after the server's GOAWAY, and the server
-  must then close the connection itself (a second GOAWAY).
+  must then close the connection itself (a second GOAWAY); on 20 connections in a row, as
+  closing races with the send task ending the last stream.
+
+Controls: the unrepaired release fails both checks, a release repaired by hand passes them.
 """
 
 from __future__ import annotations
