@@ -13,6 +13,8 @@ and the payload. Methods (all take one message):
                          client gives up first (a deadline or a cancel resets the stream)
     /test.Test/Early     client stream: PERMISSION_DENIED after the first chunk of the body
 
+and, under /conformance.Conformance/, any shape the call describes (support.conformance_service),
+
 and plain HTTP paths: /hello (b"hello" once the body is read), /push (pushes /hello,
 then b"pushed") and /early (413 at once, before reading the body).
 """
@@ -26,6 +28,8 @@ from typing import Any, Callable
 import anyio
 
 from h2fix._probe import lifespan
+
+from . import conformance_service
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -69,6 +73,9 @@ async def app(scope: Scope, receive: Callable[[], Any], send: Callable[[Message]
         return
     if scope["path"] in ("/hello", "/push"):
         await _plain(scope, receive, send)
+        return
+    if scope["path"].startswith(conformance_service.PATH_PREFIX):
+        await conformance_service.serve(scope, receive, send)
         return
     if scope["path"] in ("/early", "/test.Test/Early"):
         await _early(scope, receive, send)
