@@ -81,6 +81,16 @@ FIXES: tuple[Fix, ...] = (
         upstream="https://github.com/pgjones/hypercorn/issues/329",
         module="h2fix.fixes.closed_stream_data",
     ),
+    Fix(
+        name="graceful_shutdown",
+        description=(
+            "refuse a request that arrives during graceful shutdown with "
+            "RST_STREAM(REFUSED_STREAM), which clients retry (NO_ERROR: gRPC fails it "
+            "as INTERNAL)"
+        ),
+        upstream="https://github.com/pgjones/hypercorn/issues",
+        module="h2fix.fixes.graceful_shutdown",
+    ),
 )
 
 

@@ -19,9 +19,11 @@ import libcst as cst
 
 from .._errors import UnrecognisedStructureError
 from ._syntax import (
+    base_classes,
     binds_to,
     bound_names,
     class_names,
+    constructs,
     dotted,
     first_parameter,
     identifier,
@@ -29,6 +31,7 @@ from ._syntax import (
     module_bindings,
     module_classes,
     module_statements,
+    self_attribute,
     subclasses,
     walk,
 )
@@ -297,6 +300,83 @@ class LiveMethods:
                 )
 
 
+# --- what the class family writes to `self.<attribute>` ------------------------------
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write to `self.<attribute>` in a method of the class family."""
+
+    attribute: str
+    #: The Assign, AnnAssign, AugAssign, For, WithItem or Del node that writes it.
+    node: cst.CSTNode
+    #: The value assigned (the increment for `+=`), None when the fix cannot see it
+    #: (a tuple or loop target, `with ... as`, `del`).
+    value: cst.BaseExpression | None
+
+
+def writes(cls: cst.ClassDef) -> Iterator[Write]:
+    """Every write to `<self>.<attr>` in the methods of `cls` (`<self>` their first parameter)."""
+    for method in cls.body.body:
+        if not isinstance(method, cst.FunctionDef):
+            continue
+        receiver = first_parameter(method)
+        if receiver is None:
+            continue
+        for node in walk(method.body):
+            if isinstance(node, cst.Assign):
+                for target in node.targets:
+                    plain = isinstance(target.target, cst.Attribute)
+                    for attribute in _written(target.target, receiver):
+                        yield Write(attribute, node, node.value if plain else None)
+            elif isinstance(node, (cst.AnnAssign, cst.AugAssign)):
+                for attribute in _written(node.target, receiver):
+                    yield Write(attribute, node, node.value)
+            elif isinstance(node, (cst.For, cst.CompFor)):
+                for attribute in _written(node.target, receiver):
+                    yield Write(attribute, node, None)
+            elif isinstance(node, cst.WithItem) and node.asname is not None:
+                for attribute in _written(node.asname.name, receiver):
+                    yield Write(attribute, node, None)
+            elif isinstance(node, cst.Del):
+                for attribute in _written(node.target, receiver):
+                    yield Write(attribute, node, None)
+
+
+def family_writes(
+    classes: dict[str, cst.ClassDef], cls: cst.ClassDef, attribute: str
+) -> list[Write]:
+    """The writes to `self.<attribute>` in the class, its bases and its subclasses in the
+    module (the instance may be any of them)."""
+    family = [cls, *base_classes(classes, cls), *subclasses(classes, cls)]
+    return [write for member in family for write in writes(member) if write.attribute == attribute]
+
+
+def _written(target: cst.BaseExpression, receiver: str) -> list[str]:
+    """`attr` for each `<receiver>.attr` a target writes (`a, self.x = ...` included)."""
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return [a for element in target.elements for a in _written(element.value, receiver)]
+    if isinstance(target, cst.StarredElement):
+        return _written(target.value, receiver)
+    attribute = self_attribute(target, receiver)
+    return [] if attribute is None else [attribute]
+
+
+def h2_connection(module: cst.Module, cls: cst.ClassDef, attribute: str) -> None:
+    """`self.<attribute>` is assigned once in the class family, an h2 `H2Connection`
+    (as the module's imports show), so its methods are h2's."""
+    bindings = module_bindings(module)
+    found = family_writes(module_classes(module), cls, attribute)
+    value = found[0].value if len(found) == 1 else None
+    if value is None or not constructs(bindings, value, "h2.connection", "H2Connection"):
+        raise Refusal(
+            f"`self.{attribute}` assigned once, an h2 H2Connection "
+            "(h2.connection.H2Connection(...) as the module imports it)",
+            "; ".join(module.code_for_node(w.node).strip() for w in found)
+            or f"no assignment to self.{attribute}",
+        )
+
+
 # --- helpers on nodes ------------------------------------------------------------
 
 
@@ -342,6 +422,20 @@ def earlier_arms(branch: Branch) -> Iterator[cst.If]:
             child_at -= 3
         else:
             return
+
+
+def node_path(root: cst.CSTNode, target: cst.CSTNode) -> list[cst.CSTNode]:
+    """The nodes from `root` down to `target`, both included ([] if it is not below)."""
+    stack: list[tuple[cst.CSTNode, int]] = [(root, 0)]
+    path: list[cst.CSTNode] = []
+    while stack:
+        node, depth = stack.pop()
+        del path[depth:]
+        path.append(node)
+        if node is target:
+            return path
+        stack.extend((child, depth + 1) for child in reversed(node.children))
+    return []
 
 
 def branch_code(module: cst.Module, branch: Branch) -> str:
