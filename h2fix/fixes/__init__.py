@@ -91,6 +91,15 @@ FIXES: tuple[Fix, ...] = (
         upstream="https://github.com/pgjones/hypercorn/issues",
         module="h2fix.fixes.graceful_shutdown",
     ),
+    Fix(
+        name="max_requests",
+        description=(
+            "at keep_alive_max_requests, send GOAWAY and close once the responses in "
+            "flight are sent (closing at once lost them)"
+        ),
+        upstream="https://github.com/pgjones/hypercorn/issues",
+        module="h2fix.fixes.max_requests",
+    ),
 )
 
 

@@ -308,6 +308,8 @@ class Write:
     """One write to `self.<attribute>` in a method of the class family."""
 
     attribute: str
+    #: The method the write is in.
+    method: cst.FunctionDef
     #: The Assign, AnnAssign, AugAssign, For, WithItem or Del node that writes it.
     node: cst.CSTNode
     #: The value assigned (the increment for `+=`), None when the fix cannot see it
@@ -328,19 +330,19 @@ def writes(cls: cst.ClassDef) -> Iterator[Write]:
                 for target in node.targets:
                     plain = isinstance(target.target, cst.Attribute)
                     for attribute in _written(target.target, receiver):
-                        yield Write(attribute, node, node.value if plain else None)
+                        yield Write(attribute, method, node, node.value if plain else None)
             elif isinstance(node, (cst.AnnAssign, cst.AugAssign)):
                 for attribute in _written(node.target, receiver):
-                    yield Write(attribute, node, node.value)
+                    yield Write(attribute, method, node, node.value)
             elif isinstance(node, (cst.For, cst.CompFor)):
                 for attribute in _written(node.target, receiver):
-                    yield Write(attribute, node, None)
+                    yield Write(attribute, method, node, None)
             elif isinstance(node, cst.WithItem) and node.asname is not None:
                 for attribute in _written(node.asname.name, receiver):
-                    yield Write(attribute, node, None)
+                    yield Write(attribute, method, node, None)
             elif isinstance(node, cst.Del):
                 for attribute in _written(node.target, receiver):
-                    yield Write(attribute, node, None)
+                    yield Write(attribute, method, node, None)
 
 
 def family_writes(

@@ -267,12 +267,13 @@ class _Proof:
 class _AddCode(cst.CSTTransformer):
     """Adds `error_code=REFUSED_STREAM` to one call (by identity)."""
 
-    def __init__(
-        self, call: cst.Call, code: cst.BaseExpression, path: Sequence[cst.CSTNode]
-    ) -> None:
+    def __init__(self, module: cst.Module, call: cst.Call, path: Sequence[cst.CSTNode]) -> None:
         super().__init__()
+        self.module = module
         self.call = call
-        self.code = code
+        self.code = cst.parse_expression(
+            _REFUSED_STREAM_CODE_TEXT, config=module.config_for_parsing
+        )
         # Only the nodes that lead to the call are entered: the rest of the module is
         # kept as it is, object for object, without visiting it.
         self.on_path = {id(node) for node in path}
@@ -283,6 +284,20 @@ class _AddCode(cst.CSTTransformer):
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
         if original_node is not self.call:
             return updated_node
+        if "\n" not in self.module.code_for_node(original_node):
+            # On one line it would run far past the line length: the arguments go on a
+            # line of their own, as a formatter would put them.
+            arguments = ", ".join(
+                self.module.code_for_node(arg.with_changes(comma=cst.MaybeSentinel.DEFAULT)).strip()
+                for arg in updated_node.args
+            )
+            text = (
+                f"{self.module.code_for_node(updated_node.func)}(\n"
+                f"    {arguments}, error_code={_REFUSED_STREAM_CODE_TEXT}\n)"
+            )
+            wrapped = cst.parse_expression(text, config=self.module.config_for_parsing)
+            assert isinstance(wrapped, cst.Call)
+            return wrapped
         args = list(updated_node.args)
         last = args[-1]
         added = cst.Arg(
@@ -297,7 +312,11 @@ class _AddCode(cst.CSTTransformer):
         if isinstance(last.comma, cst.Comma):
             # A trailing comma (the call spread over lines): the new argument goes on a
             # line of its own, laid out like the one before it.
-            between = args[-2].comma if len(args) > 1 else last.comma
+            between = (
+                args[-2].comma
+                if len(args) > 1
+                else cst.Comma(whitespace_after=updated_node.whitespace_before_args)
+            )
             args[-1] = last.with_changes(comma=between)
         else:
             args[-1] = last.with_changes(
@@ -430,9 +449,8 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
             Outcome.FIXED_UPSTREAM,
             f"{branch.where} already refuses new streams with {_REFUSED_STREAM}",
         )
-    code = cst.parse_expression(_REFUSED_STREAM_CODE_TEXT, config=tree.config_for_parsing)
     path = [*branch.ancestors, *node_path(branch.node, reset)]
-    return tree.visit(_AddCode(reset, code, path)), FixOutcome(
+    return tree.visit(_AddCode(tree, reset, path)), FixOutcome(
         NAME,
         Outcome.REWRITTEN,
         f"{branch.where} now refuses a request it will not process with RST_STREAM"
