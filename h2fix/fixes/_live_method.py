@@ -159,6 +159,37 @@ class LiveMethods:
         self.classes = module_classes(module)
         # Classes the module defines where it runs (not those local to a function).
         self.every_class = [s for s in module_statements(module) if isinstance(s, cst.ClassDef)]
+        # Walking a class's methods is the costly part: once per class.
+        self._writes: dict[int, list[Write]] = {}
+
+    def family(self, cls: cst.ClassDef) -> list[cst.ClassDef]:
+        """The class, its bases and its subclasses in the module (the instance may be any)."""
+        return [cls, *base_classes(self.classes, cls), *subclasses(self.classes, cls)]
+
+    def family_writes(self, cls: cst.ClassDef, attribute: str) -> list[Write]:
+        """The writes to `self.<attribute>` in the methods of the class family."""
+        for member in self.family(cls):
+            if id(member) not in self._writes:
+                self._writes[id(member)] = list(writes(member))
+        return [
+            write
+            for member in self.family(cls)
+            for write in self._writes[id(member)]
+            if write.attribute == attribute
+        ]
+
+    def h2_connection(self, cls: cst.ClassDef, attribute: str) -> None:
+        """`self.<attribute>` is assigned once in the class family, an h2 `H2Connection`
+        (as the module's imports show), so its methods are h2's."""
+        found = self.family_writes(cls, attribute)
+        value = found[0].value if len(found) == 1 else None
+        if value is None or not constructs(self.bindings, value, "h2.connection", "H2Connection"):
+            raise Refusal(
+                f"`self.{attribute}` assigned once, an h2 H2Connection "
+                "(h2.connection.H2Connection(...) as the module imports it)",
+                "; ".join(self.module.code_for_node(w.node).strip() for w in found)
+                or f"no assignment to self.{attribute}",
+            )
 
     def prove(self, branch: Branch) -> Live:
         """Every check on the method holding `branch`, in the order their refusals read best."""
@@ -345,15 +376,6 @@ def writes(cls: cst.ClassDef) -> Iterator[Write]:
                     yield Write(attribute, method, node, None)
 
 
-def family_writes(
-    classes: dict[str, cst.ClassDef], cls: cst.ClassDef, attribute: str
-) -> list[Write]:
-    """The writes to `self.<attribute>` in the class, its bases and its subclasses in the
-    module (the instance may be any of them)."""
-    family = [cls, *base_classes(classes, cls), *subclasses(classes, cls)]
-    return [write for member in family for write in writes(member) if write.attribute == attribute]
-
-
 def _written(target: cst.BaseExpression, receiver: str) -> list[str]:
     """`attr` for each `<receiver>.attr` a target writes (`a, self.x = ...` included)."""
     if isinstance(target, (cst.Tuple, cst.List)):
@@ -362,21 +384,6 @@ def _written(target: cst.BaseExpression, receiver: str) -> list[str]:
         return _written(target.value, receiver)
     attribute = self_attribute(target, receiver)
     return [] if attribute is None else [attribute]
-
-
-def h2_connection(module: cst.Module, cls: cst.ClassDef, attribute: str) -> None:
-    """`self.<attribute>` is assigned once in the class family, an h2 `H2Connection`
-    (as the module's imports show), so its methods are h2's."""
-    bindings = module_bindings(module)
-    found = family_writes(module_classes(module), cls, attribute)
-    value = found[0].value if len(found) == 1 else None
-    if value is None or not constructs(bindings, value, "h2.connection", "H2Connection"):
-        raise Refusal(
-            f"`self.{attribute}` assigned once, an h2 H2Connection "
-            "(h2.connection.H2Connection(...) as the module imports it)",
-            "; ".join(module.code_for_node(w.node).strip() for w in found)
-            or f"no assignment to self.{attribute}",
-        )
 
 
 # --- helpers on nodes ------------------------------------------------------------

@@ -40,16 +40,14 @@ from ._live_method import (
     Refusal,
     branch_code,
     find_branches,
-    h2_connection,
     names_any,
     node_path,
 )
 from ._syntax import (
-    bindings_of,
     bound_names,
     dotted,
     identifier,
-    imported_as,
+    imports_package,
     keyword,
     method_call,
     module_statements,
@@ -153,7 +151,7 @@ class _Proof:
                 f"{_RESET}() called on `{live.receiver}.<connection>`",
                 self.module.code_for_node(call),
             )
-        h2_connection(self.module, live.cls, attribute)
+        self.live.h2_connection(live.cls, attribute)
 
     def resets_the_events_stream(
         self, call: cst.Call, subject: str, body: cst.IndentedBlock
@@ -227,25 +225,31 @@ class _Proof:
         """The inserted `h2.errors...` reads the h2 package: `h2` is bound only by plain
         `import h2...` statements, and `import h2.connection` at module level loads
         h2.errors (h2.connection imports it)."""
-        imports = [
-            alias
+        package = "h2"
+        found = [
+            self.module.code_for_node(node).strip()
+            for node in self.live.bindings.get(package, [])
+            if not imports_package(node, package)
+        ]
+        found += [
+            f"{package} bound by a module-level {type(statement).__name__.lower()}"
+            for statement in module_statements(self.module)
+            if isinstance(statement, (cst.For, cst.While, cst.With))
+            and package in bound_names(statement)
+        ]
+        found += [
+            f"global {package}"
             for node in walk(self.module)
-            if isinstance(node, cst.Import)
-            for alias in node.names
-            if imported_as(alias) == "h2"
+            if isinstance(node, cst.Global)
+            and any(identifier(n.name) == package for n in node.names)
         ]
-        plain = [a for a in imports if a.asname is None]
-        bindings = bindings_of(self.module).count("h2")
-        parameters = [
-            p
-            for p in walk(method.params)
-            if isinstance(p, cst.Param) and identifier(p.name) == "h2"
-        ]
-        if len(plain) != len(imports) or bindings != len(plain) or parameters:
+        if package in bound_names(method.body) | _parameters(method):
+            found.append(f"{package} bound in {identifier(method.name)}")
+        if found:
             raise Refusal(
                 "`h2` bound only by `import h2` / `import h2.<module>` statements (the "
                 "rewrite reads h2.errors through it)",
-                f"{bindings + len(parameters)} bindings of h2, {len(plain)} of them plain imports",
+                "; ".join(found),
             )
         if not any(
             isinstance(small, cst.Import)
@@ -326,6 +330,10 @@ class _AddCode(cst.CSTTransformer):
 
 
 # --- helpers on nodes ------------------------------------------------------------
+
+
+def _parameters(method: cst.FunctionDef) -> set[str]:
+    return {identifier(p.name) for p in walk(method.params) if isinstance(p, cst.Param)}
 
 
 def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:

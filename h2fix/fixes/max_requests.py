@@ -51,13 +51,10 @@ from ._live_method import (
     Refusal,
     Write,
     branch_code,
-    family_writes,
     find_branches,
-    h2_connection,
     node_path,
 )
 from ._syntax import (
-    base_classes,
     bindings_of,
     bound_names,
     dotted,
@@ -70,7 +67,6 @@ from ._syntax import (
     module_classes,
     self_attribute,
     statement_expression,
-    subclasses,
     walk,
 )
 
@@ -249,7 +245,7 @@ class _Proof:
                 f"`{live.receiver}.<connection>.{_CLOSE}()` without arguments",
                 self.module.code_for_node(close),
             )
-        h2_connection(self.module, live.cls, attribute)
+        self.live.h2_connection(live.cls, attribute)
         return attribute
 
     def limit_is_pure(self, test: cst.BaseExpression, receiver: str) -> tuple[str, list[str]]:
@@ -284,20 +280,10 @@ class _Proof:
         data=<self>.<connection>.data_to_send()))` (directly or through a local): the
         GOAWAY takes the same path, so it reaches the same socket in the same order."""
         sends = set()
-        for method in _family_methods(self.classes, live.cls):
+        for method in _family_methods(self.live.family(live.cls)):
             receiver = first_parameter(method)
-            if receiver is None:
-                continue
-            pending = _pending_locals(method, receiver, connection)
-            for node in walk(method.body):
-                found = _raw_send(node, receiver)
-                if found is None:
-                    continue
-                attribute, data = found
-                if _is_pending(data, receiver, connection) or (
-                    isinstance(data, cst.Name) and identifier(data) in pending
-                ):
-                    sends.add(attribute)
+            if receiver is not None:
+                sends |= _pending_senders(method, receiver, connection)
         if len(sends) != 1:
             raise Refusal(
                 f"one way the class sends h2's bytes: `await <self>.<send>({_RAW_DATA}(data="
@@ -384,7 +370,7 @@ class _Proof:
                 f"`{live.receiver}.{connection}.{_CLOSE}()` (the same h2 connection, no arguments)",
                 self.module.code_for_node(call),
             )
-        h2_connection(self.module, live.cls, connection)
+        self.live.h2_connection(live.cls, connection)
         test = idle_if.test
         if not (
             isinstance(test, cst.BooleanOperation)
@@ -405,7 +391,7 @@ class _Proof:
         `__init__`, and otherwise only grows by `+=` a positive integer literal."""
         seen: set[int] = set()
         for cls in classes:
-            for write in family_writes(self.classes, cls, counter):
+            for write in self.live.family_writes(cls, counter):
                 if id(write.node) in seen:
                     continue
                 seen.add(id(write.node))
@@ -419,9 +405,7 @@ class _Proof:
     def limit_object_fixed(self, classes: list[cst.ClassDef], attributes: list[str]) -> None:
         for attribute in attributes:
             found = {
-                id(w.node): w
-                for cls in classes
-                for w in family_writes(self.classes, cls, attribute)
+                id(w.node): w for cls in classes for w in self.live.family_writes(cls, attribute)
             }
             if len(found) > 1 or any(not _in_init(w) for w in found.values()):
                 raise Refusal(
@@ -488,10 +472,8 @@ def _with_receiver(test: cst.BaseExpression, old: str, new: str) -> cst.BaseExpr
     return renamed
 
 
-def _family_methods(
-    classes: dict[str, cst.ClassDef], cls: cst.ClassDef
-) -> Iterator[cst.FunctionDef]:
-    for member in [cls, *base_classes(classes, cls), *subclasses(classes, cls)]:
+def _family_methods(family: list[cst.ClassDef]) -> Iterator[cst.FunctionDef]:
+    for member in family:
         for statement in member.body.body:
             if isinstance(statement, cst.FunctionDef):
                 yield statement
@@ -508,28 +490,36 @@ def _is_pending(node: cst.BaseExpression, receiver: str, connection: str) -> boo
     )
 
 
-def _pending_locals(method: cst.FunctionDef, receiver: str, connection: str) -> set[str]:
-    """Locals of the method bound once, to `<receiver>.<connection>.data_to_send()`."""
-    assigned: dict[str, list[cst.BaseExpression | None]] = {}
+def _pending_senders(method: cst.FunctionDef, receiver: str, connection: str) -> set[str]:
+    """The `<send>` of each `await <receiver>.<send>(RawData(data=<pending>))` in the method,
+    <pending> being `<receiver>.<connection>.data_to_send()` or a local bound once, to it."""
+    assigned: dict[str, list[cst.BaseExpression]] = {}
+    sent: list[tuple[str, cst.BaseExpression]] = []
     for node in walk(method.body):
         if isinstance(node, cst.Assign) and len(node.targets) == 1:
             target = node.targets[0].target
             if isinstance(target, cst.Name):
                 assigned.setdefault(identifier(target), []).append(node.value)
-    every = bound_names(method.body)
-    return {
+        else:
+            found = _raw_send(node, receiver)
+            if found is not None:
+                sent.append(found)
+    if not sent:
+        return set()
+    bindings = bindings_of(method.body)
+    pending = {
         name
         for name, values in assigned.items()
-        if name in every
-        and len(values) == 1
-        and values[0] is not None
+        if len(values) == 1
+        and bindings.count(name) == 1
         and _is_pending(values[0], receiver, connection)
-        and _binding_count(method, name) == 1
     }
-
-
-def _binding_count(method: cst.FunctionDef, name: str) -> int:
-    return bindings_of(method.body).count(name)
+    return {
+        send
+        for send, data in sent
+        if _is_pending(data, receiver, connection)
+        or (isinstance(data, cst.Name) and identifier(data) in pending)
+    }
 
 
 def _raw_send(node: cst.CSTNode, receiver: str) -> tuple[str, cst.BaseExpression] | None:
@@ -589,7 +579,9 @@ def _closes(node: cst.CSTNode) -> list[cst.Call]:
 
 
 def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
-    requests = find_branches(tree, NAME, (REQUEST,))
+    # One walk for both events: visiting the module is the costly part.
+    branches = find_branches(tree, NAME, (REQUEST, CLOSED))
+    requests = [b for b in branches if b.event == REQUEST]
     if not requests:
         return tree, FixOutcome(NAME, Outcome.NOT_APPLICABLE, f"this module handles no {REQUEST}")
     if len(requests) > 1:
@@ -614,7 +606,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
             f"one {_CLOSE}() in the {REQUEST} branch",
             "; ".join(tree.code_for_node(c) for c in closes),
         )
-    closed = find_branches(tree, NAME, (CLOSED,))
+    closed = [b for b in branches if b.event == CLOSED]
     proof = _Proof(tree)
     try:
         plan = proof.plan(request, closes[0], closed)
