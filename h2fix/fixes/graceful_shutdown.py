@@ -87,14 +87,15 @@ class _Proof:
         body = self.body_on_own_lines()
         call = self.one_reset(body)
         path = self.reset_is_a_statement(body, call)
+        code = self.error_code(call)
+        if code is None:
+            self.h2_names_the_package(live.method)
         self.on_h2_connection(live, call)
         self.resets_the_events_stream(call, subject, body)
-        code = self.error_code(call)
         if code is not None:
             self.code_is_refused_stream(code)
             return None  # fixed upstream: leave it byte for byte
         self.request_is_unprocessed(path, subject, live.receiver)
-        self.h2_names_the_package(live.method)
         return call
 
     # Each check: one obligation, its refusal beside it.
