@@ -97,7 +97,7 @@ FIXES: tuple[Fix, ...] = (
             "at keep_alive_max_requests, send GOAWAY and close once the responses in "
             "flight are sent (closing at once lost them)"
         ),
-        upstream="https://github.com/pgjones/hypercorn/issues",
+        upstream="https://github.com/pgjones/hypercorn/issues/241",
         module="h2fix.fixes.max_requests",
     ),
 )
