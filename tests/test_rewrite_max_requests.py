@@ -251,10 +251,22 @@ def test_already_fixed_is_left_alone() -> None:
     assert result.source == source
 
 
-def test_module_without_requests_is_not_applicable() -> None:
-    source = "class H2Protocol:\n    async def _handle_events(self, events):\n        pass\n"
+NOT_APPLICABLE = {
+    "no-request-branch": (
+        "class H2Protocol:\n    async def _handle_events(self, events):\n        pass\n"
+    ),
+    # Hypercorn <= 0.15: no request limit, the connection is never closed as one arrives.
+    "no-request-limit": module(
+        "if isinstance(event, h2.events.RequestReceived):\n    await self._create_stream(event)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("source", NOT_APPLICABLE.values(), ids=NOT_APPLICABLE.keys())
+def test_not_applicable(source: str) -> None:
     result = rewrite(source)
     assert [o.outcome for o in result.outcomes] == [Outcome.NOT_APPLICABLE]
+    assert result.source == source
 
 
 def _another_method(test: str) -> str:
@@ -519,6 +531,16 @@ RELEASES = [
     ("anycorn", "0.19.0"),
     ("anycorn", "0.20.1"),
 ]
+
+
+@pytest.mark.network
+def test_release_without_a_request_limit_is_not_applicable() -> None:
+    from support.releases import h2_source
+
+    source = h2_source("hypercorn", "0.15.0")
+    result = rewrite(source)
+    assert [o.outcome for o in result.outcomes] == [Outcome.NOT_APPLICABLE]
+    assert result.source == source
 
 
 @pytest.mark.network

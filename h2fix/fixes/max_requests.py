@@ -567,6 +567,21 @@ def _in_init(write: Write) -> bool:
     return identifier(write.method.name) == "__init__"
 
 
+def _closes_once_idle_over_a_limit(closed: list[Branch]) -> bool:
+    """One StreamClosed arm whose close_connection() is guarded by a test that compares
+    (as this fix writes it): the limit is already honoured there."""
+    if len(closed) != 1:
+        return False
+    for node in walk(closed[0].node.body):
+        if (
+            isinstance(node, cst.If)
+            and any(isinstance(n, cst.Comparison) for n in walk(node.test))
+            and _closes(node.body)
+        ):
+            return True
+    return False
+
+
 def _closes(node: cst.CSTNode) -> list[cst.Call]:
     return [
         child
@@ -593,10 +608,19 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
         )
     [request] = requests
     closes = _closes(request.node.body)
+    closed = [b for b in branches if b.event == CLOSED]
     if not closes:
+        if _closes_once_idle_over_a_limit(closed):
+            return tree, FixOutcome(
+                NAME,
+                Outcome.FIXED_UPSTREAM,
+                f"{request.where} does not close the connection as a request arrives; "
+                f"{closed[0].where} closes it once idle, testing a limit",
+            )
+        # Hypercorn <= 0.15 has no request limit at all.
         return tree, FixOutcome(
             NAME,
-            Outcome.FIXED_UPSTREAM,
+            Outcome.NOT_APPLICABLE,
             f"{request.where} does not close the connection as a request arrives",
         )
     if len(closes) > 1:
@@ -606,7 +630,6 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
             f"one {_CLOSE}() in the {REQUEST} branch",
             "; ".join(tree.code_for_node(c) for c in closes),
         )
-    closed = [b for b in branches if b.event == CLOSED]
     proof = _Proof(tree)
     try:
         plan = proof.plan(request, closes[0], closed)
