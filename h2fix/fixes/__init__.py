@@ -85,8 +85,7 @@ FIXES: tuple[Fix, ...] = (
         name="graceful_shutdown",
         description=(
             "refuse a request that arrives during graceful shutdown with "
-            "RST_STREAM(REFUSED_STREAM), which clients retry (NO_ERROR: gRPC fails it "
-            "as INTERNAL)"
+            "RST_STREAM(REFUSED_STREAM), safe to retry (NO_ERROR: gRPC fails it as INTERNAL)"
         ),
         upstream="https://github.com/pgjones/hypercorn/issues",
         module="h2fix.fixes.graceful_shutdown",

@@ -4,8 +4,8 @@ While the server shuts down gracefully, Hypercorn's `_handle_events` answers a n
 request with `self.connection.reset_stream(event.stream_id)`: RST_STREAM with h2's
 default code, NO_ERROR. A gRPC client reports that call as INTERNAL and does not
 retry it. RFC 9113 §8.7 has the code for this: REFUSED_STREAM says the request was
-not processed at all and is safe to retry (grpc retries it transparently, on another
-connection). The rewrite only adds the code:
+not processed at all and is safe to retry: grpcio then reports UNAVAILABLE, the status
+retry policies retry, instead of INTERNAL (measured). The rewrite only adds the code:
 
     self.connection.reset_stream(event.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
 
