@@ -63,8 +63,6 @@ from ._syntax import (
     imported_as,
     jump_before,
     method_call,
-    module_bindings,
-    module_classes,
     self_attribute,
     statement_expression,
     walk,
@@ -147,13 +145,13 @@ class _Proof:
 
     def __init__(self, module: cst.Module) -> None:
         self.module = module
-        self.bindings = module_bindings(module)
-        self.classes = module_classes(module)
         self.live = LiveMethods(module, "the protocol object whose connection is closed")
+        self.bindings = self.live.bindings
 
     def plan(self, request: Branch, close: cst.Call, closed: list[Branch]) -> _Plan:
         # (a) the request limit in the RequestReceived branch
         live = self.live_dispatch(request, _H2_EVENT_BASES)
+        self.is_async(request, live)
         body = self.body_on_own_lines(request)
         limit_if, limit_body, statement = self.close_under_a_limit_test(body, close)
         self.reachable(request, body, limit_if)
@@ -188,12 +186,14 @@ class _Proof:
         live = self.live.prove(branch)
         self.live.first_arm_for_the_event(branch)
         self.live.no_earlier_arm_names_it(branch, bases)
+        return live
+
+    def is_async(self, branch: Branch, live: Live) -> None:
         if live.method.asynchronous is None:
             raise Refusal(
-                f"{branch.where} an async method (the rewrite awaits in it)",
+                f"{branch.where} an async method (the GOAWAY is sent with await)",
                 f"def {identifier(live.method.name)}",
             )
-        return live
 
     def body_on_own_lines(self, branch: Branch) -> cst.IndentedBlock:
         body = branch.node.body
