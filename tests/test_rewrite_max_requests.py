@@ -492,6 +492,16 @@ REFUSED = {
         module(after=_another_method("isinstance(event, h2.events.RequestReceived)")),
         "one RequestReceived branch",
     ),
+    # A needless refusal: the StreamClosed arm written as `case StreamClosed():`.
+    "stream-closed-in-a-match": (
+        module(
+            after="async def _other(self, event):\n"
+            "    match event:\n"
+            "        case StreamClosed():\n"
+            "            pass\n"
+        ),
+        "not match/case",
+    ),
     "close-after-a-return": (
         module(REQUEST.replace("    if self.keep", "    return\n    if self.keep")),
         "reachable",
@@ -499,7 +509,9 @@ REFUSED = {
 }
 
 
-@pytest.mark.parametrize(("source", "expected"), rows(REFUSED))
+@pytest.mark.parametrize(
+    ("source", "expected"), rows(REFUSED, match_statement={"stream-closed-in-a-match"})
+)
 def test_refused(source: str, expected: str) -> None:
     cst.parse_module(source)  # every case is valid Python: refused for its shape only
     with pytest.raises(UnrecognisedStructureError) as caught:
