@@ -104,7 +104,7 @@ def warnings(log: str) -> list[str]:
 def assert_cold_and_refused(result: dict[str, Any], why: str) -> None:
     assert result["libcst"]  # the cold path: nothing was loaded
     assert result["patched"]
-    assert result["outcomes"] == ["applied"] * 4  # one per fix
+    assert result["outcomes"] == ["applied"] * 6  # one per fix
     [warning] = warnings(result["log"])
     assert why in warning
     assert "H2FIX_CACHE_DIR" in warning  # and how to fix it
@@ -121,7 +121,7 @@ def test_cold_then_warm(tmp_path: Path) -> None:
     warm = apply_in_fresh_process(cache)
     assert not warm["libcst"]  # the warm path never imports LibCST
     assert warm["patched"]
-    assert warm["outcomes"] == cold["outcomes"] == ["applied"] * 4  # one per fix
+    assert warm["outcomes"] == cold["outcomes"] == ["applied"] * 6  # one per fix
     # A plain miss is no problem: nothing to warn about.
     assert warnings(cold["log"]) == warnings(warm["log"]) == []
 
@@ -144,7 +144,7 @@ def test_an_entry_renamed_to_another_key_is_not_used(tmp_path: Path) -> None:
     shutil.copyfile(trailers_only, all_fixes)
     result = apply_in_fresh_process(cache)
     assert result["libcst"]
-    assert result["outcomes"] == ["applied"] * 4  # one per fix
+    assert result["outcomes"] == ["applied"] * 6  # one per fix
     assert f"expected the entry for key {all_fixes.stem}" in result["log"]
     assert warnings(result["log"]) == []  # one bad entry: replaced by this cold run
     assert not apply_in_fresh_process(cache)["libcst"]
@@ -171,7 +171,7 @@ def test_damaged_entry_is_replaced(tmp_path: Path, damage: Any) -> None:
     damage(entry)
     result = apply_in_fresh_process(cache)
     assert result["libcst"]  # cold path
-    assert result["outcomes"] == ["applied"] * 4  # one per fix
+    assert result["outcomes"] == ["applied"] * 6  # one per fix
     assert "content hash mismatch" in result["log"]
     assert warnings(result["log"]) == []
     assert not apply_in_fresh_process(cache)["libcst"]

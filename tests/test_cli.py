@@ -41,8 +41,9 @@ def test_diff_of_the_installed_release(capsys: pytest.CaptureFixture[str]) -> No
 def test_diff_of_every_fix(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["diff"]) == 0
     out = capsys.readouterr().out
-    # initiate, _send_data, stream_send, _handle_events (DATA, then StreamReset), push
-    assert out.count("@@ -") == 6
+    # initiate, _send_data, stream_send (trailers and the close once idle), _handle_events
+    # (the shutdown reset, then the request limit and DATA, then StreamReset), push
+    assert out.count("@@ -") == 7
     assert "+            event = h2.events.RequestReceived(stream_id=1, headers=headers)\n" in out
 
 
@@ -103,7 +104,9 @@ def test_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert err[1].startswith("hypercorn/protocol/h2.py: request_received: would be applied (")
     assert err[2].startswith("hypercorn/protocol/h2.py: send_state: would be applied (")
     assert err[3].startswith("hypercorn/protocol/h2.py: closed_stream_data: would be applied (")
-    assert len(err) == 4
+    assert err[4].startswith("hypercorn/protocol/h2.py: graceful_shutdown: would be applied (")
+    assert err[5].startswith("hypercorn/protocol/h2.py: max_requests: would be applied (")
+    assert len(err) == 6
     fixed = tmp_path / "h2.py"
     fixed.write_text(h2_source("hypercorn", "0.18.0"))
     assert main(["check", *TWO_FIXES, str(fixed)]) == 0
@@ -181,6 +184,12 @@ def test_status_json(capsys: pytest.CaptureFixture[str]) -> None:
             ["H2Protocol._send_data", "H2Protocol.stream_send", "H2Protocol._handle_events"],
         ),
         ("closed_stream_data", "would be applied", ["H2Protocol._handle_events"]),
+        ("graceful_shutdown", "would be applied", ["H2Protocol._handle_events"]),
+        (
+            "max_requests",
+            "would be applied",
+            ["H2Protocol._handle_events", "H2Protocol.stream_send"],
+        ),
     ]
 
 

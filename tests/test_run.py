@@ -198,7 +198,10 @@ def test_stale_environment_is_ignored_and_not_leaked(tmp_path: Path) -> None:
         assert report["child"] == "['H2FIX_RUN_FIXES', 'H2FIX_RUN_TARGET']"
     assert len(lines) == 3
     assert all(
-        line.endswith(": trailers, request_received, send_state, closed_stream_data")
+        line.endswith(
+            ": trailers, request_received, send_state, closed_stream_data, graceful_shutdown, "
+            "max_requests"
+        )
         for line in lines
     )
 
@@ -222,7 +225,8 @@ def test_one_info_line_per_process(tmp_path: Path, worker_class: str) -> None:
     pattern = (
         r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[(\d+)\] \[INFO\] "
         r"h2fix: repaired hypercorn 0\.17\.3: "
-        r"trailers, request_received, send_state, closed_stream_data"
+        r"trailers, request_received, send_state, closed_stream_data, graceful_shutdown, "
+        r"max_requests"
     )
     matches = [re.fullmatch(pattern, line) for line in lines]
     assert all(matches), lines

@@ -44,6 +44,8 @@ def test_status_changes_nothing() -> None:
         ("request_received", Outcome.PENDING),
         ("send_state", Outcome.PENDING),
         ("closed_stream_data", Outcome.PENDING),
+        ("graceful_shutdown", Outcome.PENDING),
+        ("max_requests", Outcome.PENDING),
     ]
     assert report.pending
     assert (report.target, report.version) == ("hypercorn", "0.17.3")
@@ -108,9 +110,9 @@ def test_apply_twice_is_a_no_op() -> None:
     first = stream_send()
     report = h2fix.apply()
     assert not report.changed
-    assert [f.outcome for f in report.fixes] == [Outcome.ALREADY_APPLIED] * 4
+    assert [f.outcome for f in report.fixes] == [Outcome.ALREADY_APPLIED] * 6
     assert stream_send() is first
-    assert [f.outcome for f in h2fix.status().fixes] == [Outcome.ALREADY_APPLIED] * 4
+    assert [f.outcome for f in h2fix.status().fixes] == [Outcome.ALREADY_APPLIED] * 6
 
 
 def test_revert_restores_the_exact_original() -> None:
@@ -178,6 +180,8 @@ def test_seed_names() -> None:
         ("request_received", Outcome.APPLIED),
         ("send_state", Outcome.APPLIED),
         ("closed_stream_data", Outcome.APPLIED),
+        ("graceful_shutdown", Outcome.APPLIED),
+        ("max_requests", Outcome.APPLIED),
     ]
     assert H2Protocol.__dict__["initiate"] is not initiate
     assert stream_send() is not trailers_only  # recompiled from the one rewritten source
@@ -330,7 +334,7 @@ def test_apply_on_hypercorn_018_changes_only_what_it_still_needs() -> None:
         unpacked("hypercorn", "0.18.0"),
     )
     upstream, applied = "already fixed upstream", "applied"
-    expected = f"0.18.0 {[upstream, upstream, applied, applied]} True"
+    expected = f"0.18.0 {[upstream, upstream, applied, applied, applied, applied]} True"
     assert result.stdout.strip() == expected, result.stderr
 
 

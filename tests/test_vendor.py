@@ -95,14 +95,16 @@ def test_writes_the_whole_package_with_header_diff_and_marker(tmp_path: Path) ->
     text = h2.read_text()
     assert text.startswith(
         f"# Patched by h2fix {h2fix.__version__} from hypercorn 0.17.3 with fixes: "
-        "trailers, request_received, send_state, closed_stream_data.\n"
+        "trailers, request_received, send_state, closed_stream_data, graceful_shutdown, "
+        "max_requests.\n"
     )
     assert "send_headers(event.stream_id, event.headers, end_stream=True)" in text
     diff = (tmp_path / "hypercorn" / "protocol" / "h2.py.diff").read_text()
     assert diff.startswith("--- a/hypercorn/protocol/h2.py\n+++ b/hypercorn/protocol/h2.py\n")
     assert (tmp_path / "hypercorn" / MARKER).read_text() == (
         f"h2fix {h2fix.__version__}\nhypercorn 0.17.3\n"
-        "fixes: trailers, request_received, send_state, closed_stream_data\n"
+        "fixes: trailers, request_received, send_state, closed_stream_data, graceful_shutdown, "
+        "max_requests\n"
     )
     # Everything else is byte for byte the installed package, and nothing else is there.
     assert filecmp.cmp(INSTALLED / "config.py", tmp_path / "hypercorn" / "config.py", shallow=False)
@@ -156,7 +158,14 @@ def test_command_prints_paths_relative_to_the_current_directory_and_usage(
 def test_one_fix_while_another_is_pending(tmp_path: Path) -> None:
     # With h2 >= 4.3 request_received is pending too; only the selected fix is checked.
     pending = [f.fix for f in h2fix.status("hypercorn").fixes if f.outcome.changes_code]
-    assert pending == ["trailers", "request_received", "send_state", "closed_stream_data"]
+    assert pending == [
+        "trailers",
+        "request_received",
+        "send_state",
+        "closed_stream_data",
+        "graceful_shutdown",
+        "max_requests",
+    ]
     result = vendor("--out", tmp_path, "--fix", "trailers", cli=True)
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "hypercorn" / "protocol" / "h2.py").read_text()

@@ -47,6 +47,13 @@ def closing(out: str) -> list[str]:
     return out.splitlines()[1 + len(ROWS) :]
 
 
+# The shutdown and request-limit fixes have no row of their own yet: verify says so.
+UNCHECKED = [
+    "graceful_shutdown: applied by h2fix (no check applies to this version)",
+    "max_requests: applied by h2fix (no check applies to this version)",
+]
+
+
 @pytest.mark.server
 def test_installed_0173_every_fault_fixed() -> None:
     result = verify()
@@ -60,6 +67,7 @@ def test_installed_0173_every_fault_fixed() -> None:
         "request_received: applied by h2fix (fails as installed, passes with h2fix)",
         "send_state: applied by h2fix (fails as installed, passes with h2fix)",
         "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
+        *UNCHECKED,
         "every applicable check passes with h2fix",
     ]
 
@@ -83,6 +91,7 @@ def test_0180_two_fixed_upstream_two_applied() -> None:
         "request_received: fixed upstream (passes as installed)",
         "send_state: applied by h2fix (fails as installed, passes with h2fix)",
         "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
+        *UNCHECKED,
         "every applicable check passes with h2fix",
     ]
     assert "repaired" not in result.stdout
@@ -104,6 +113,7 @@ def test_0160_no_trailers_support() -> None:
         "request_received: applied by h2fix (fails as installed, passes with h2fix)",
         "send_state: applied by h2fix (fails as installed, passes with h2fix)",
         "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
+        *UNCHECKED,
         "every applicable check passes with h2fix",
     ]
 
@@ -150,6 +160,7 @@ def test_a_refused_fix_on_real_code_is_exit_1(tmp_path: Path) -> None:
         "request_received: applied by h2fix (fails as installed, passes with h2fix)",
         f"send_state: {refused}",
         "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
+        *UNCHECKED,
         "NOT every applicable check passes with h2fix: trailers, send_state",
     ]
 

@@ -81,6 +81,24 @@ FIXES: tuple[Fix, ...] = (
         upstream="https://github.com/pgjones/hypercorn/issues/329",
         module="h2fix.fixes.closed_stream_data",
     ),
+    Fix(
+        name="graceful_shutdown",
+        description=(
+            "refuse a request that arrives during graceful shutdown with "
+            "RST_STREAM(REFUSED_STREAM), safe to retry (NO_ERROR: gRPC fails it as INTERNAL)"
+        ),
+        upstream="https://github.com/pgjones/hypercorn/issues",
+        module="h2fix.fixes.graceful_shutdown",
+    ),
+    Fix(
+        name="max_requests",
+        description=(
+            "at keep_alive_max_requests, send GOAWAY and close once the responses in "
+            "flight are sent (closing at once lost them)"
+        ),
+        upstream="https://github.com/pgjones/hypercorn/issues/241",
+        module="h2fix.fixes.max_requests",
+    ),
 )
 
 

@@ -46,28 +46,31 @@ import libcst as cst
 from .._environment import Environment
 from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
+from ._live_method import (
+    Branch,
+    LiveMethods,
+    Refusal,
+    branch_code,
+    class_name,
+    find_branches,
+    names_any,
+    writes,
+)
 from ._syntax import (
     base_classes,
-    binds_to,
-    bound_names,
-    class_names,
     constructs,
     dotted,
-    first_parameter,
     identifier,
     is_pure,
-    jump_before,
     keyword,
     method_call,
     module_bindings,
     module_classes,
-    module_statements,
     self_attribute,
     statement_expression,
     subclasses,
-    walk,
 )
-from ._tree import children, transform, walk_with_ancestors
+from ._tree import children, transform
 
 NAME = "closed_stream_data"
 
@@ -78,96 +81,8 @@ CLIENT_HALF_EVENTS = (DATA, "StreamEnded", "TrailersReceived")
 _ACKNOWLEDGE = "acknowledge_received_data"
 #: Exceptions whose handler already keeps a missing stream from escaping.
 _CATCHES_KEY_ERROR = ("KeyError", "LookupError", "Exception", "BaseException")
-#: The protocol class both servers' packages import from protocol/h2.py.
-_SERVED = "H2Protocol"
 
 _Lookup = Union[cst.Subscript, cst.Call]
-
-
-class _Refusal(Exception):
-    """A proof obligation failed: what was expected, and what was found instead."""
-
-    def __init__(self, expected: str, found: str = "") -> None:
-        super().__init__(expected)
-        self.expected = expected
-        self.found = found
-
-
-# --- find ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Branch:
-    """One `if isinstance(<event>, <client-half event>):` branch and what encloses it."""
-
-    event: str
-    node: cst.If
-    #: From the module down to the branch's parent.
-    ancestors: tuple[cst.CSTNode, ...]
-
-    @property
-    def where(self) -> str:
-        return _where(self.ancestors)
-
-    @property
-    def method(self) -> cst.FunctionDef | None:
-        functions = [n for n in self.ancestors if isinstance(n, cst.FunctionDef)]
-        return functions[-1] if functions else None
-
-    @property
-    def subject(self) -> str | None:
-        test = self.node.test
-        assert isinstance(test, cst.Call)
-        return dotted(test.args[0].value)
-
-
-class _Finder:
-    """Collects every branch for one client-half event; refuses shapes it cannot guard."""
-
-    def __init__(self, module: cst.Module) -> None:
-        self.module = module
-        self.branches: list[_Branch] = []
-        self._stack: list[cst.CSTNode] = []
-
-    def find(self) -> list[_Branch]:
-        # One walk over shared nodes: `tree.visit` would rebuild the whole tree.
-        for node, ancestors in walk_with_ancestors(self.module):
-            kind = type(node)  # most nodes are neither: see _tree.py on LibCST's classes
-            if kind is not cst.If and kind is not cst.MatchCase:
-                continue
-            self._stack = ancestors
-            if isinstance(node, cst.If):
-                event = self._event_class(node.test)
-                if event is not None:
-                    self.branches.append(_Branch(event, node, tuple(self._stack)))
-            elif isinstance(node, cst.MatchCase) and _names_any(node.pattern, CLIENT_HALF_EVENTS):
-                raise UnrecognisedStructureError(
-                    NAME,
-                    _where(self._stack),
-                    "`if isinstance(<event>, <h2 event>):` branches (not match/case)",
-                    self.module.code_for_node(node).strip("\n"),
-                )
-        return self.branches
-
-    def _event_class(self, test: cst.BaseExpression) -> str | None:
-        """The client-half event a test selects alone; refuses a test that shares it."""
-        if not (isinstance(test, cst.Call) and dotted(test.func) == "isinstance"):
-            return None
-        if len(test.args) != 2 or any(arg.keyword or arg.star for arg in test.args):
-            return None
-        classes = test.args[1].value
-        if isinstance(classes, cst.Tuple):
-            if _names_any(classes, CLIENT_HALF_EVENTS):
-                raise UnrecognisedStructureError(
-                    NAME,
-                    _where(self._stack),
-                    "a branch for one h2 event class (a shared branch cannot be guarded "
-                    "for one of them)",
-                    self.module.code_for_node(test),
-                )
-            return None
-        name = _class_name(classes)
-        return name if name in CLIENT_HALF_EVENTS else None
 
 
 # --- prove -----------------------------------------------------------------------
@@ -190,22 +105,15 @@ class _Proof:
         self.module = module
         self.bindings = module_bindings(module)
         self.classes = module_classes(module)
-        # Classes the module defines where it runs (not those local to a function).
-        self.every_class = [s for s in module_statements(module) if isinstance(s, cst.ClassDef)]
+        self.live = LiveMethods(module, "the protocol object whose streams the guard tests")
         # Walking a class's methods is the costly part: once per class.
         self._assigned: dict[int, list[tuple[str, cst.BaseExpression]]] = {}
 
-    def guard(self, branch: _Branch) -> _Guard | None:
+    def guard(self, branch: Branch) -> _Guard | None:
         """What to guard in `branch`, or None when every lookup is already guarded."""
-        cls, method = self.method_of_module_class(branch)
-        self.undecorated(method)
-        receiver = self.receiver(method)
-        self.class_defined_once(cls)
-        self.method_defined_once(cls, method)
-        self.not_overridden(cls, method)
-        self.served_class_uses_it(cls)
-        self.branch_is_reachable(branch, method)
-        self.first_arm_for_the_event(branch)
+        live = self.live.prove(branch)
+        cls, receiver = live.cls, live.receiver
+        self.live.first_arm_for_the_event(branch)
         body = self.body_on_own_lines(branch)
         lookups = self.looks_the_stream_up(body, receiver)
         for node, _ in lookups:
@@ -222,123 +130,10 @@ class _Proof:
 
     # Each check: one obligation, its refusal beside it.
 
-    def method_of_module_class(self, branch: _Branch) -> tuple[cst.ClassDef, cst.FunctionDef]:
-        """The branch is directly in a method (the guard tests that method's `self`), of a
-        class directly in the module (the one module-level name the server can reach)."""
-        ancestors = branch.ancestors
-        scopes = [
-            i for i, n in enumerate(ancestors) if isinstance(n, (cst.ClassDef, cst.FunctionDef))
-        ]
-        if (
-            len(scopes) < 2
-            or not isinstance(ancestors[scopes[-1]], cst.FunctionDef)
-            or not isinstance(ancestors[scopes[-2]], cst.ClassDef)
-            or scopes[-1] != scopes[-2] + 2  # the def directly in the class body
-        ):
-            raise _Refusal("the branch directly inside a method of a class")
-        cls, method = ancestors[scopes[-2]], ancestors[scopes[-1]]
-        assert isinstance(cls, cst.ClassDef)
-        assert isinstance(method, cst.FunctionDef)
-        if scopes[-2] != 1 or not isinstance(ancestors[0], cst.Module):
-            raise _Refusal("the class at the top level of the module")
-        return cls, method
-
-    def undecorated(self, method: cst.FunctionDef) -> None:
-        if method.decorators:
-            raise _Refusal(
-                "an undecorated method (a decorator may make its first parameter something "
-                "other than the protocol object, or replace the method)",
-                f"@{self.module.code_for_node(method.decorators[0].decorator)}",
-            )
-
-    def receiver(self, method: cst.FunctionDef) -> str:
-        receiver = first_parameter(method)
-        if receiver is None:
-            raise _Refusal("a method with a `self` parameter")
-        if receiver in bound_names(method.body):
-            raise _Refusal(
-                f"`{receiver}` never rebound in {identifier(method.name)} (it names the "
-                "protocol object whose streams the guard tests)",
-                f"an assignment to {receiver} in {identifier(method.name)}",
-            )
-        return receiver
-
-    def class_defined_once(self, cls: cst.ClassDef) -> None:
-        name = identifier(cls.name)
-        if self.classes.get(name) is not cls:
-            raise _Refusal(
-                f"one definition of class {name} in the module (with two, which one runs "
-                "depends on how the module executes)",
-                f"class {name} bound {len(self.bindings.get(name, []))} times",
-            )
-
-    def method_defined_once(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
-        name = identifier(method.name)
-        count = list(class_names(cls)).count(name)
-        if count != 1:
-            raise _Refusal(
-                f"one definition of {name} in its class (another one may be the one that runs)",
-                f"{name} bound {count} times in class {identifier(cls.name)}",
-            )
-
-    def not_overridden(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
-        # Another class with a method of that name may be a subclass that overrides it:
-        # then the server could run that one, and this branch would be dead.
-        name = identifier(method.name)
-        owners = [
-            identifier(other.name) for other in self.every_class if name in class_names(other)
-        ]
-        if owners != [identifier(cls.name)]:
-            raise _Refusal(
-                f"{name} defined in one class of the module", f"defined in {', '.join(owners)}"
-            )
-
-    def served_class_uses_it(self, cls: cst.ClassDef) -> None:
-        """The class the package serves (`H2Protocol`, which hypercorn.protocol and
-        anycorn.protocol import) is this class or a subclass of it."""
-        name = identifier(cls.name)
-        family = {name, *(identifier(sub.name) for sub in subclasses(self.classes, cls))}
-        if not binds_to(self.bindings, _SERVED, family):
-            bindings = self.bindings.get(_SERVED, [])
-            raise _Refusal(
-                f"{_SERVED} (the class the server imports) to be {name} or a subclass of it",
-                self.module.code_for_node(bindings[0]).strip()
-                if len(bindings) == 1
-                else f"{len(bindings)} bindings of {_SERVED} in the module",
-            )
-
-    def branch_is_reachable(self, branch: _Branch, method: cst.FunctionDef) -> None:
-        path = [*branch.ancestors, branch.node]
-        jump = jump_before(path, path.index(method))
-        if jump is not None:
-            raise _Refusal(
-                "the branch reachable: no return, raise, break or continue before it",
-                self.module.code_for_node(jump).strip(),
-            )
-
-    def first_arm_for_the_event(self, branch: _Branch) -> None:
-        """Every earlier arm of the if/elif chain tests the event's class, so none of them
-        can take this event first (the rewrite would then guard code that never runs)."""
-        subject = branch.subject
-        for arm in _earlier_arms(branch):
-            test = arm.test
-            if not (
-                subject is not None
-                and isinstance(test, cst.Call)
-                and dotted(test.func) == "isinstance"
-                and len(test.args) == 2
-                and dotted(test.args[0].value) == subject
-            ):
-                raise _Refusal(
-                    f"only isinstance({subject}, ...) tests before the {branch.event} branch "
-                    "(anything else may take the event first)",
-                    self.module.code_for_node(test),
-                )
-
-    def body_on_own_lines(self, branch: _Branch) -> cst.IndentedBlock:
+    def body_on_own_lines(self, branch: Branch) -> cst.IndentedBlock:
         body = branch.node.body
         if not isinstance(body, cst.IndentedBlock):
-            raise _Refusal("the branch body on its own lines")
+            raise Refusal("the branch body on its own lines")
         return body
 
     def looks_the_stream_up(
@@ -346,7 +141,7 @@ class _Proof:
     ) -> list[tuple[_Lookup, bool]]:
         lookups = list(_lookups(body, receiver, _Enclosing()))
         if not lookups:
-            raise _Refusal(f"the branch to look the stream up itself (`{receiver}.<streams>[...]`)")
+            raise Refusal(f"the branch to look the stream up itself (`{receiver}.<streams>[...]`)")
         return lookups
 
     def streams_is_a_dict(self, cls: cst.ClassDef, attribute: str) -> None:
@@ -355,7 +150,7 @@ class _Proof:
         values = self.assignments(cls, attribute)
         if not values or not all(_is_empty_dict(value) for value in values):
             found = ", ".join(self.module.code_for_node(v) for v in values) or "no assignment"
-            raise _Refusal(
+            raise Refusal(
                 f"`self.{attribute}` assigned only `{{}}` or `dict()` in class "
                 f"{identifier(cls.name)}",
                 f"self.{attribute} = {found}",
@@ -372,7 +167,7 @@ class _Proof:
                 if _leaves_early(statement):
                     # e.g. `if <key> not in self.streams: continue`: it skips the
                     # acknowledgement for exactly the DATA this fix is about.
-                    raise _Refusal(
+                    raise Refusal(
                         f"no continue/break/return/raise before {_ACKNOWLEDGE} in the "
                         "DataReceived branch (the discarded bytes must be acknowledged too)"
                     )
@@ -387,7 +182,7 @@ class _Proof:
             if len(values) != 1 or not constructs(
                 self.bindings, values[0], "h2.connection", "H2Connection"
             ):
-                raise _Refusal(
+                raise Refusal(
                     f"`self.{attribute}` assigned once, an h2 H2Connection "
                     "(h2.connection.H2Connection(...) as the module imports it)",
                     "; ".join(self.module.code_for_node(v) for v in values)
@@ -395,9 +190,9 @@ class _Proof:
                 )
             size = _argument(node, 0, "acknowledged_size")
             if size is None or dotted(size) != f"{subject}.flow_controlled_length":
-                raise _Refusal(f"{_ACKNOWLEDGE}({subject}.flow_controlled_length, ...)")
+                raise Refusal(f"{_ACKNOWLEDGE}({subject}.flow_controlled_length, ...)")
             return
-        raise _Refusal(
+        raise Refusal(
             f"`{receiver}.<connection>.{_ACKNOWLEDGE}(...)` as a statement directly in the "
             "DataReceived branch, so that it runs for a stream that is gone too "
             "(the connection's receive window stalls otherwise)"
@@ -406,7 +201,7 @@ class _Proof:
     def one_unguarded_subscript(self, unguarded: list[_Lookup]) -> cst.Subscript:
         lookup = unguarded[0]
         if len(unguarded) > 1 or not isinstance(lookup, cst.Subscript):
-            raise _Refusal("one unguarded `<self>.<streams>[<key>]` lookup")
+            raise Refusal("one unguarded `<self>.<streams>[<key>]` lookup")
         return lookup
 
     def lookup_is_a_statement(self, body: cst.IndentedBlock, lookup: cst.Subscript) -> int:
@@ -418,7 +213,7 @@ class _Proof:
         for index, statement in enumerate(body.body):
             if _looks_up(statement, lookup):
                 return index
-        raise _Refusal(
+        raise Refusal(
             "the stream lookup as a statement of its own directly in the branch: "
             "`await <self>.<streams>[<key>].handle(...)`"
         )
@@ -426,7 +221,7 @@ class _Proof:
     def key_is_pure(self, lookup: cst.Subscript) -> cst.BaseExpression:
         key = _key(lookup)
         if key is None:
-            raise _Refusal("the key as a name or attribute chain (it is evaluated twice)")
+            raise Refusal("the key as a name or attribute chain (it is evaluated twice)")
         return key
 
     # Helpers of the checks.
@@ -490,50 +285,6 @@ class _Replace(cst.CSTTransformer):
 
 
 # --- helpers on nodes ------------------------------------------------------------
-
-
-def _where(ancestors: Sequence[cst.CSTNode]) -> str:
-    names = [
-        identifier(n.name) for n in ancestors if isinstance(n, (cst.ClassDef, cst.FunctionDef))
-    ]
-    return ".".join(names) or "<module>"
-
-
-def _class_name(node: cst.BaseExpression) -> str | None:
-    """`C` for `C` or `<anything>.C`."""
-    if isinstance(node, cst.Name):
-        return identifier(node)
-    if isinstance(node, cst.Attribute):
-        return identifier(node.attr)
-    return None
-
-
-def _names_any(node: cst.CSTNode, names: tuple[str, ...]) -> bool:
-    return any(isinstance(n, cst.Name) and identifier(n) in names for n in walk(node))
-
-
-def _earlier_arms(branch: _Branch) -> Iterator[cst.If]:
-    """The arms before `branch` in its if/elif chain (also through `else:` holding only an `if`)."""
-    path = [*branch.ancestors, branch.node]
-    child_at = len(path) - 1
-    while child_at > 0:
-        parent = path[child_at - 1]
-        if isinstance(parent, cst.If) and parent.orelse is path[child_at]:
-            yield parent
-            child_at -= 1
-        elif (
-            child_at >= 3
-            and isinstance(parent, cst.IndentedBlock)
-            and len(parent.body) == 1
-            and isinstance(path[child_at - 2], cst.Else)
-            and isinstance(path[child_at - 3], cst.If)
-        ):
-            arm = path[child_at - 3]
-            assert isinstance(arm, cst.If)
-            yield arm
-            child_at -= 3
-        else:
-            return
 
 
 @dataclass(frozen=True)
@@ -622,7 +373,7 @@ def _catches_key_error(node: cst.Try) -> bool:
         if caught is None:
             return True
         elements = caught.elements if isinstance(caught, cst.Tuple) else [cst.Element(caught)]
-        if any(_class_name(element.value) in _CATCHES_KEY_ERROR for element in elements):
+        if any(class_name(element.value) in _CATCHES_KEY_ERROR for element in elements):
             return True
     return False
 
@@ -631,7 +382,7 @@ def _suppresses_key_error(node: cst.With) -> bool:
     for item in node.items:
         call = item.item
         if isinstance(call, cst.Call) and dotted(call.func) in ("suppress", "contextlib.suppress"):
-            names = [_class_name(arg.value) for arg in call.args if arg.keyword is None]
+            names = [class_name(arg.value) for arg in call.args if arg.keyword is None]
             if any(name in _CATCHES_KEY_ERROR for name in names):
                 return True
     return False
@@ -663,51 +414,13 @@ def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | 
     return positional[position].value if len(positional) > position else None
 
 
-# The classes of node `_self_assignments` reads.
-_ASSIGNING = frozenset(
-    {cst.Assign, cst.AnnAssign, cst.AugAssign, cst.For, cst.CompFor, cst.WithItem}
-)
-
-
 def _self_assignments(cls: cst.ClassDef) -> Iterator[tuple[str, cst.BaseExpression]]:
-    """(attr, value) for each assignment to `self.<attr>` in the class's methods; a value
-    the fix cannot see (`+=`, a bare annotation, a tuple or loop target) as `...`."""
+    """(attr, value) for each write to `self.<attr>` in the class's methods; a value
+    the fix cannot see (`+=`, a bare annotation, a tuple or loop target, `del`) as `...`."""
     unseen = cst.Ellipsis()
-    for method in cls.body.body:
-        if not isinstance(method, cst.FunctionDef):
-            continue
-        receiver = first_parameter(method)
-        if receiver is None:
-            continue
-        for node in walk(method.body):
-            if type(node) not in _ASSIGNING:  # most nodes: see _tree.py on LibCST's classes
-                continue
-            if isinstance(node, cst.Assign):
-                for target in node.targets:
-                    value = node.value if isinstance(target.target, cst.Attribute) else unseen
-                    for attribute in _assigned_attributes(target.target, receiver):
-                        yield attribute, value
-            elif isinstance(node, cst.AnnAssign):
-                for attribute in _assigned_attributes(node.target, receiver):
-                    yield attribute, node.value or unseen
-            elif isinstance(node, (cst.AugAssign, cst.For, cst.CompFor)):
-                for attribute in _assigned_attributes(node.target, receiver):
-                    yield attribute, unseen
-            elif isinstance(node, cst.WithItem) and node.asname is not None:
-                for attribute in _assigned_attributes(node.asname.name, receiver):
-                    yield attribute, unseen
-
-
-def _assigned_attributes(target: cst.BaseExpression, receiver: str) -> list[str]:
-    """`attr` for each `<receiver>.attr` a target assigns (`a, self.x = ...` included)."""
-    if isinstance(target, (cst.Tuple, cst.List)):
-        return [
-            a for element in target.elements for a in _assigned_attributes(element.value, receiver)
-        ]
-    if isinstance(target, cst.StarredElement):
-        return _assigned_attributes(target.value, receiver)
-    attribute = self_attribute(target, receiver)
-    return [] if attribute is None else [attribute]
+    for write in writes(cls):
+        seen = write.value is not None and not isinstance(write.node, cst.AugAssign)
+        yield write.attribute, write.value if seen and write.value is not None else unseen
 
 
 def _is_empty_dict(value: cst.BaseExpression) -> bool:
@@ -720,10 +433,10 @@ def _is_empty_dict(value: cst.BaseExpression) -> bool:
 
 
 def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
-    branches = _Finder(tree).find()
+    branches = find_branches(tree, NAME, CLIENT_HALF_EVENTS)
     data = [b for b in branches if b.event == DATA]
     if not data:
-        if _names_any(tree, (DATA,)):
+        if names_any(tree, (DATA,)):
             raise UnrecognisedStructureError(
                 NAME,
                 "<module>",
@@ -745,7 +458,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
             NAME,
             elsewhere[0].where,
             f"the branches for the client's events in {dispatch.where}, with the {DATA} branch",
-            _code(tree, elsewhere[0]),
+            branch_code(tree, elsewhere[0]),
         )
     proof = _Proof(tree)
     guards: dict[int, _Guard] = {}
@@ -754,9 +467,9 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
     for branch in branches:
         try:
             guard = proof.guard(branch)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             raise UnrecognisedStructureError(
-                NAME, branch.where, refusal.expected, refusal.found or _code(tree, branch)
+                NAME, branch.where, refusal.expected, refusal.found or branch_code(tree, branch)
             ) from None
         if guard is not None:
             guards[id(guard.body)] = guard
@@ -777,7 +490,3 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
         "finished, still acknowledging the DATA",
         functions=(dispatch.where,),
     )
-
-
-def _code(module: cst.Module, branch: _Branch) -> str:
-    return module.code_for_node(branch.node.with_changes(orelse=None)).strip("\n")

@@ -1,0 +1,443 @@
+"""Finding an event's branch in a dispatch, and proving it is code the server runs.
+
+Shared by the fixes that rewrite one arm of an `if isinstance(<event>, <Class>):`
+chain in a method of the protocol class. A rewrite is only right when the method
+it changes is the one the server calls: a plain method (no decorator in the way of
+its `self`), of a class defined once at the top of the module, that `H2Protocol`
+(what hypercorn.protocol and anycorn.protocol import) is or derives from, defined
+once in that class and not overridden by a subclass, with the branch reachable and
+first in its chain for the event. Each check raises `Refusal` with what it expected
+and what it found; the fix turns that into its UnrecognisedStructureError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import libcst as cst
+
+from .._errors import UnrecognisedStructureError
+from ._syntax import (
+    base_classes,
+    binds_to,
+    bound_names,
+    class_names,
+    constructs,
+    dotted,
+    first_parameter,
+    identifier,
+    jump_before,
+    module_bindings,
+    module_classes,
+    module_statements,
+    self_attribute,
+    subclasses,
+    walk,
+)
+from ._tree import path_to, walk_with_ancestors
+
+#: The protocol class both servers' packages import from protocol/h2.py.
+SERVED = "H2Protocol"
+
+
+class Refusal(Exception):
+    """A proof obligation failed: what was expected, and what was found instead."""
+
+    def __init__(self, expected: str, found: str = "") -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.found = found
+
+
+# --- find ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One `if isinstance(<event>, <event class>):` branch and what encloses it."""
+
+    event: str
+    node: cst.If
+    #: From the module down to the branch's parent.
+    ancestors: tuple[cst.CSTNode, ...]
+
+    @property
+    def where(self) -> str:
+        return where(self.ancestors)
+
+    @property
+    def method(self) -> cst.FunctionDef | None:
+        functions = [n for n in self.ancestors if isinstance(n, cst.FunctionDef)]
+        return functions[-1] if functions else None
+
+    @property
+    def subject(self) -> str | None:
+        test = self.node.test
+        assert isinstance(test, cst.Call)
+        return dotted(test.args[0].value)
+
+
+class BranchFinder:
+    """Collects every branch for one of `events`; refuses shapes that share or hide one
+    (a tuple of classes naming one of them, a match/case on one of them)."""
+
+    def __init__(self, module: cst.Module, fix: str, events: tuple[str, ...]) -> None:
+        self.module = module
+        self.fix = fix
+        self.events = events
+        self.branches: list[Branch] = []
+        self._stack: list[cst.CSTNode] = []
+
+    def find(self) -> list[Branch]:
+        # One walk over shared nodes: `module.visit` would rebuild the whole tree.
+        for node, ancestors in walk_with_ancestors(self.module):
+            kind = type(node)  # most nodes are neither: see _tree.py on LibCST's classes
+            if kind is not cst.If and kind is not cst.MatchCase:
+                continue
+            self._stack = ancestors
+            if isinstance(node, cst.If):
+                event = self._event_class(node.test)
+                if event is not None:
+                    self.branches.append(Branch(event, node, tuple(ancestors)))
+            elif isinstance(node, cst.MatchCase) and names_any(node.pattern, self.events):
+                raise UnrecognisedStructureError(
+                    self.fix,
+                    where(ancestors),
+                    "`if isinstance(<event>, <h2 event>):` branches (not match/case)",
+                    self.module.code_for_node(node).strip("\n"),
+                )
+        return self.branches
+
+    def _event_class(self, test: cst.BaseExpression) -> str | None:
+        """The event a test selects alone; refuses a test that shares it."""
+        if not (isinstance(test, cst.Call) and dotted(test.func) == "isinstance"):
+            return None
+        if len(test.args) != 2 or any(arg.keyword or arg.star for arg in test.args):
+            return None
+        classes = test.args[1].value
+        if isinstance(classes, cst.Tuple):
+            if names_any(classes, self.events):
+                raise UnrecognisedStructureError(
+                    self.fix,
+                    where(self._stack),
+                    "a branch for one h2 event class (a shared branch cannot be guarded "
+                    "for one of them)",
+                    self.module.code_for_node(test),
+                )
+            return None
+        name = class_name(classes)
+        return name if name in self.events else None
+
+
+def find_branches(module: cst.Module, fix: str, events: tuple[str, ...]) -> list[Branch]:
+    return BranchFinder(module, fix, events).find()
+
+
+# --- prove -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Live:
+    """A method proven to be the one the server runs, and its `self`."""
+
+    cls: cst.ClassDef
+    method: cst.FunctionDef
+    receiver: str
+
+
+class LiveMethods:
+    """The checks that a branch's method is the one the server runs, for one module."""
+
+    def __init__(
+        self, module: cst.Module, receiver_role: str = "the protocol object the rewrite acts on"
+    ) -> None:
+        self.module = module
+        #: What the method's `self` is to the fix, for the refusal when it is rebound.
+        self.receiver_role = receiver_role
+        self.bindings = module_bindings(module)
+        self.classes = module_classes(module)
+        # Classes the module defines where it runs (not those local to a function).
+        self.every_class = [s for s in module_statements(module) if isinstance(s, cst.ClassDef)]
+        # Walking a class's methods is the costly part: once per class.
+        self._writes: dict[int, list[Write]] = {}
+
+    def family(self, cls: cst.ClassDef) -> list[cst.ClassDef]:
+        """The class, its bases and its subclasses in the module (the instance may be any)."""
+        return [cls, *base_classes(self.classes, cls), *subclasses(self.classes, cls)]
+
+    def family_writes(self, cls: cst.ClassDef, attribute: str) -> list[Write]:
+        """The writes to `self.<attribute>` in the methods of the class family."""
+        for member in self.family(cls):
+            if id(member) not in self._writes:
+                self._writes[id(member)] = list(writes(member))
+        return [
+            write
+            for member in self.family(cls)
+            for write in self._writes[id(member)]
+            if write.attribute == attribute
+        ]
+
+    def h2_connection(self, cls: cst.ClassDef, attribute: str) -> None:
+        """`self.<attribute>` is assigned once in the class family, an h2 `H2Connection`
+        (as the module's imports show), so its methods are h2's."""
+        found = self.family_writes(cls, attribute)
+        value = found[0].value if len(found) == 1 else None
+        if value is None or not constructs(self.bindings, value, "h2.connection", "H2Connection"):
+            raise Refusal(
+                f"`self.{attribute}` assigned once, an h2 H2Connection "
+                "(h2.connection.H2Connection(...) as the module imports it)",
+                "; ".join(self.module.code_for_node(w.node).strip() for w in found)
+                or f"no assignment to self.{attribute}",
+            )
+
+    def prove(self, branch: Branch) -> Live:
+        """Every check on the method holding `branch`, in the order their refusals read best."""
+        cls, method = self.method_of_module_class(branch)
+        self.undecorated(method)
+        receiver = self.receiver(method)
+        self.class_defined_once(cls)
+        self.method_defined_once(cls, method)
+        self.not_overridden(cls, method)
+        self.served_class_uses_it(cls)
+        self.branch_is_reachable(branch, method)
+        return Live(cls, method, receiver)
+
+    # Each check: one obligation, its refusal beside it.
+
+    def method_of_module_class(self, branch: Branch) -> tuple[cst.ClassDef, cst.FunctionDef]:
+        """The branch is directly in a method (the rewrite acts on that method's `self`), of
+        a class directly in the module (the one module-level name the server can reach)."""
+        ancestors = branch.ancestors
+        scopes = [
+            i for i, n in enumerate(ancestors) if isinstance(n, (cst.ClassDef, cst.FunctionDef))
+        ]
+        if (
+            len(scopes) < 2
+            or not isinstance(ancestors[scopes[-1]], cst.FunctionDef)
+            or not isinstance(ancestors[scopes[-2]], cst.ClassDef)
+            or scopes[-1] != scopes[-2] + 2  # the def directly in the class body
+        ):
+            raise Refusal("the branch directly inside a method of a class")
+        cls, method = ancestors[scopes[-2]], ancestors[scopes[-1]]
+        assert isinstance(cls, cst.ClassDef)
+        assert isinstance(method, cst.FunctionDef)
+        if scopes[-2] != 1 or not isinstance(ancestors[0], cst.Module):
+            raise Refusal("the class at the top level of the module")
+        return cls, method
+
+    def undecorated(self, method: cst.FunctionDef) -> None:
+        if method.decorators:
+            raise Refusal(
+                "an undecorated method (a decorator may make its first parameter something "
+                "other than the protocol object, or replace the method)",
+                f"@{self.module.code_for_node(method.decorators[0].decorator)}",
+            )
+
+    def receiver(self, method: cst.FunctionDef) -> str:
+        receiver = first_parameter(method)
+        if receiver is None:
+            raise Refusal("a method with a `self` parameter")
+        if receiver in bound_names(method.body):
+            raise Refusal(
+                f"`{receiver}` never rebound in {identifier(method.name)} (it names "
+                f"{self.receiver_role})",
+                f"an assignment to {receiver} in {identifier(method.name)}",
+            )
+        return receiver
+
+    def class_defined_once(self, cls: cst.ClassDef) -> None:
+        name = identifier(cls.name)
+        if self.classes.get(name) is not cls:
+            raise Refusal(
+                f"one definition of class {name} in the module (with two, which one runs "
+                "depends on how the module executes)",
+                f"class {name} bound {len(self.bindings.get(name, []))} times",
+            )
+
+    def method_defined_once(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
+        name = identifier(method.name)
+        count = list(class_names(cls)).count(name)
+        if count != 1:
+            raise Refusal(
+                f"one definition of {name} in its class (another one may be the one that runs)",
+                f"{name} bound {count} times in class {identifier(cls.name)}",
+            )
+
+    def not_overridden(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
+        # Another class with a method of that name may be a subclass that overrides it:
+        # then the server could run that one, and this branch would be dead.
+        name = identifier(method.name)
+        owners = [
+            identifier(other.name) for other in self.every_class if name in class_names(other)
+        ]
+        if owners != [identifier(cls.name)]:
+            raise Refusal(
+                f"{name} defined in one class of the module", f"defined in {', '.join(owners)}"
+            )
+
+    def served_class_uses_it(self, cls: cst.ClassDef) -> None:
+        """The class the package serves (`H2Protocol`, which hypercorn.protocol and
+        anycorn.protocol import) is this class or a subclass of it."""
+        name = identifier(cls.name)
+        family = {name, *(identifier(sub.name) for sub in subclasses(self.classes, cls))}
+        if not binds_to(self.bindings, SERVED, family):
+            bindings = self.bindings.get(SERVED, [])
+            raise Refusal(
+                f"{SERVED} (the class the server imports) to be {name} or a subclass of it",
+                self.module.code_for_node(bindings[0]).strip()
+                if len(bindings) == 1
+                else f"{len(bindings)} bindings of {SERVED} in the module",
+            )
+
+    def branch_is_reachable(self, branch: Branch, method: cst.FunctionDef) -> None:
+        path = [*branch.ancestors, branch.node]
+        jump = jump_before(path, path.index(method))
+        if jump is not None:
+            raise Refusal(
+                "the branch reachable: no return, raise, break or continue before it",
+                self.module.code_for_node(jump).strip(),
+            )
+
+    def first_arm_for_the_event(self, branch: Branch) -> None:
+        """Every earlier arm of the if/elif chain tests the event's class, so none of them
+        can take this event first (the rewrite would then change code that never runs)."""
+        subject = branch.subject
+        for arm in earlier_arms(branch):
+            test = arm.test
+            if not (
+                subject is not None
+                and isinstance(test, cst.Call)
+                and dotted(test.func) == "isinstance"
+                and len(test.args) == 2
+                and dotted(test.args[0].value) == subject
+            ):
+                raise Refusal(
+                    f"only isinstance({subject}, ...) tests before the {branch.event} branch "
+                    "(anything else may take the event first)",
+                    self.module.code_for_node(test),
+                )
+
+    def no_earlier_arm_names_it(self, branch: Branch, bases: tuple[str, ...] = ()) -> None:
+        """No earlier arm tests the event's own class, or a base class it is known to
+        derive from (`bases`): that arm would take the event first."""
+        taken = (branch.event, *bases)
+        for arm in earlier_arms(branch):
+            if names_any(arm.test, taken):
+                raise Refusal(
+                    f"no test before the {branch.event} branch that takes a {branch.event} "
+                    f"({', '.join(taken)})",
+                    self.module.code_for_node(arm.test),
+                )
+
+
+# --- what the class family writes to `self.<attribute>` ------------------------------
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write to `self.<attribute>` in a method of the class family."""
+
+    attribute: str
+    #: The method the write is in.
+    method: cst.FunctionDef
+    #: The Assign, AnnAssign, AugAssign, For, WithItem or Del node that writes it.
+    node: cst.CSTNode
+    #: The value assigned (the increment for `+=`), None when the fix cannot see it
+    #: (a tuple or loop target, `with ... as`, `del`).
+    value: cst.BaseExpression | None
+
+
+def writes(cls: cst.ClassDef) -> Iterator[Write]:
+    """Every write to `<self>.<attr>` in the methods of `cls` (`<self>` their first parameter)."""
+    for method in cls.body.body:
+        if not isinstance(method, cst.FunctionDef):
+            continue
+        receiver = first_parameter(method)
+        if receiver is None:
+            continue
+        for node in walk(method.body):
+            if isinstance(node, cst.Assign):
+                for target in node.targets:
+                    plain = isinstance(target.target, cst.Attribute)
+                    for attribute in _written(target.target, receiver):
+                        yield Write(attribute, method, node, node.value if plain else None)
+            elif isinstance(node, (cst.AnnAssign, cst.AugAssign)):
+                for attribute in _written(node.target, receiver):
+                    yield Write(attribute, method, node, node.value)
+            elif isinstance(node, (cst.For, cst.CompFor)):
+                for attribute in _written(node.target, receiver):
+                    yield Write(attribute, method, node, None)
+            elif isinstance(node, cst.WithItem) and node.asname is not None:
+                for attribute in _written(node.asname.name, receiver):
+                    yield Write(attribute, method, node, None)
+            elif isinstance(node, cst.Del):
+                for attribute in _written(node.target, receiver):
+                    yield Write(attribute, method, node, None)
+
+
+def _written(target: cst.BaseExpression, receiver: str) -> list[str]:
+    """`attr` for each `<receiver>.attr` a target writes (`a, self.x = ...` included)."""
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return [a for element in target.elements for a in _written(element.value, receiver)]
+    if isinstance(target, cst.StarredElement):
+        return _written(target.value, receiver)
+    attribute = self_attribute(target, receiver)
+    return [] if attribute is None else [attribute]
+
+
+# --- helpers on nodes ------------------------------------------------------------
+
+
+def where(ancestors: Sequence[cst.CSTNode]) -> str:
+    names = [
+        identifier(n.name) for n in ancestors if isinstance(n, (cst.ClassDef, cst.FunctionDef))
+    ]
+    return ".".join(names) or "<module>"
+
+
+def class_name(node: cst.BaseExpression) -> str | None:
+    """`C` for `C` or `<anything>.C`."""
+    if isinstance(node, cst.Name):
+        return identifier(node)
+    if isinstance(node, cst.Attribute):
+        return identifier(node.attr)
+    return None
+
+
+def names_any(node: cst.CSTNode, names: tuple[str, ...]) -> bool:
+    return any(isinstance(n, cst.Name) and identifier(n) in names for n in walk(node))
+
+
+def earlier_arms(branch: Branch) -> Iterator[cst.If]:
+    """The arms before `branch` in its if/elif chain (also through `else:` holding only an `if`)."""
+    path = [*branch.ancestors, branch.node]
+    child_at = len(path) - 1
+    while child_at > 0:
+        parent = path[child_at - 1]
+        if isinstance(parent, cst.If) and parent.orelse is path[child_at]:
+            yield parent
+            child_at -= 1
+        elif (
+            child_at >= 3
+            and isinstance(parent, cst.IndentedBlock)
+            and len(parent.body) == 1
+            and isinstance(path[child_at - 2], cst.Else)
+            and isinstance(path[child_at - 3], cst.If)
+        ):
+            arm = path[child_at - 3]
+            assert isinstance(arm, cst.If)
+            yield arm
+            child_at -= 3
+        else:
+            return
+
+
+def node_path(root: cst.CSTNode, target: cst.CSTNode) -> list[cst.CSTNode]:
+    """The nodes from `root` down to `target`, both included ([] if it is not below)."""
+    return path_to(root, target) or []
+
+
+def branch_code(module: cst.Module, branch: Branch) -> str:
+    """The branch's own arm as text (without the arms after it), for refusals."""
+    return module.code_for_node(branch.node.with_changes(orelse=None)).strip("\n")
