@@ -11,6 +11,7 @@ from types import ModuleType
 import pytest
 
 import h2fix
+import h2fix.fixes
 from h2fix import _known
 from h2fix._environment import H2_KEYWORD_EVENTS, H2_NO_ARGUMENT_EVENTS
 from h2fix._targets import locate

@@ -58,8 +58,9 @@ GOAWAY = """\
 # RFC 9113 §6.8, the first of two GOAWAYs: last stream id 2**31-1
 # and NO_ERROR ask the client to open no new streams, while every
 # response in flight (this request's too) still goes out. h2 is not
-# told, so it stays open; once the connection is idle, stream_send's
-# close_connection() sends the final GOAWAY.
+# told, so it stays open; once the connection is idle and no stream
+# is open in h2, stream_send's close_connection() sends the final
+# GOAWAY.
 await self.send(
     RawData(
         data=self.connection.data_to_send()  # h2's pending frames first
@@ -75,8 +76,14 @@ LIMIT = "self.keep_alive_requests > self.config.keep_alive_max_requests"
 CLOSE = "        self.connection.close_connection()\n"
 REQUEST_FIXED = REQUEST.replace(CLOSE, textwrap.indent(GOAWAY, " " * 8))
 IDLE = "    if idle and self.context.terminated.is_set():\n"
+#: Closing only once nothing is open in h2: no END_STREAM still to send.
+SETTLED = (
+    "            and self.connection.open_inbound_streams == 0\n"
+    "            and self.connection.open_outbound_streams == 0\n"
+)
 IDLE_FIXED = (
-    f"    if idle and (\n        self.context.terminated.is_set()\n        or {LIMIT}\n    ):\n"
+    "    if idle and (\n        self.context.terminated.is_set()\n"
+    f"        or (\n            {LIMIT}\n{SETTLED}        )\n    ):\n"
 )
 CLOSED_FIXED = CLOSED.replace(IDLE, IDLE_FIXED)
 

@@ -13,8 +13,17 @@ steps, and the rewrite does exactly that:
     the frames keep their order. h2 stays open and every response goes out.
 (b) in `stream_send`'s StreamClosed arm, the connection already closes once idle when
     the server shuts down: `if idle and <terminated>:` becomes
-    `if idle and (<terminated> or <the same limit test>):`. h2's own GOAWAY then names
-    the last stream it received, all of them processed, and the client leaves.
+    `if idle and (<terminated> or (<the same limit test> and <nothing open in h2>)):`.
+    h2's own GOAWAY then names the last stream it received, all of them processed,
+    and the client leaves. "Nothing open in h2" (`open_inbound_streams` and
+    `open_outbound_streams` both 0) matters: a stream's StreamClosed comes as soon as
+    the app's last body chunk is drained from its buffer, before the send task has
+    sent its END_STREAM; closing then would make h2 refuse that END_STREAM and the
+    response would never end (a reviewer measured it: the last response lost on 14
+    of 30 connections). When the send task still has to end a stream, the connection
+    is left for the client to close (it was told GOAWAY), or for Hypercorn's idle
+    timeout; a gRPC response ends with its trailers, before its StreamClosed, so a
+    gRPC connection closes here.
 
 Streams the client opened before it read the first GOAWAY are served; after the final
 one h2 rejects later ones, whose ids are above its last stream id, so the client
@@ -91,8 +100,9 @@ def _goaway(receiver: str, send: str, raw_data: str, connection: str) -> str:
 # RFC 9113 §6.8, the first of two GOAWAYs: last stream id 2**31-1
 # and NO_ERROR ask the client to open no new streams, while every
 # response in flight (this request's too) still goes out. h2 is not
-# told, so it stays open; once the connection is idle, stream_send's
-# close_connection() sends the final GOAWAY.
+# told, so it stays open; once the connection is idle and no stream
+# is open in h2, stream_send's close_connection() sends the final
+# GOAWAY.
 await {receiver}.{send}(
     {raw_data}(
         data={receiver}.{connection}.{_PENDING}()  # h2's pending frames first
@@ -111,14 +121,18 @@ def _idle_test(
     idle: cst.BaseExpression,
     terminated: cst.BaseExpression,
     limit: cst.BaseExpression,
+    h2_connection: str,
 ) -> cst.BaseExpression:
-    """`<idle> and (<terminated> or <limit>)`, laid out over lines."""
+    """`<idle> and (<terminated> or (<limit> and <nothing open in h2>))`, laid out over
+    lines; `h2_connection` is the proven h2 connection as `<self>.<attribute>`."""
     shutdown = module.code_for_node(terminated)
     if isinstance(terminated, (cst.IfExp, cst.Lambda)) and not terminated.lpar:
         shutdown = f"({shutdown})"  # they bind less tightly than `or`
     text = (
         f"{module.code_for_node(idle)} and (\n    {shutdown}\n"
-        f"    or {module.code_for_node(limit)}\n)"
+        f"    or (\n        {module.code_for_node(limit)}\n"
+        f"        and {h2_connection}.open_inbound_streams == 0\n"
+        f"        and {h2_connection}.open_outbound_streams == 0\n    )\n)"
     )
     return cst.parse_expression(text, config=module.config_for_parsing)
 
@@ -167,7 +181,9 @@ class _Proof:
         self.counter_only_grows([live.cls, other.cls], counter)
         self.limit_object_fixed([live.cls, other.cls], limit)
         again = _with_receiver(limit_if.test, live.receiver, other.receiver)
-        test = _idle_test(self.module, idle.left, terminated, again)
+        test = _idle_test(
+            self.module, idle.left, terminated, again, f"{other.receiver}.{connection}"
+        )
         return _Plan(
             request,
             live.receiver,
