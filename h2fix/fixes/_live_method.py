@@ -35,7 +35,7 @@ from ._syntax import (
     subclasses,
     walk,
 )
-from ._tree import path_to, walk_with_ancestors
+from ._tree import children, path_to, walk_with_ancestors
 
 #: The protocol class both servers' packages import from protocol/h2.py.
 SERVED = "H2Protocol"
@@ -301,7 +301,9 @@ class LiveMethods:
 
     def first_arm_for_the_event(self, branch: Branch) -> None:
         """Every earlier arm of the if/elif chain tests the event's class, so none of them
-        can take this event first (the rewrite would then change code that never runs)."""
+        can take this event first (the rewrite would then change code that never runs),
+        and nothing before the chain can skip it."""
+        self.nothing_before_skips_it(branch)
         subject = branch.subject
         for arm in earlier_arms(branch):
             test = arm.test
@@ -317,6 +319,26 @@ class LiveMethods:
                     "(anything else may take the event first)",
                     self.module.code_for_node(test),
                 )
+
+    def nothing_before_skips_it(self, branch: Branch) -> None:
+        """No statement before the dispatch in the method can jump past it (a `continue`
+        for some events, a `return` on a condition): the branch would then not run for
+        every event of its class, and what the server does instead stays unrepaired."""
+        path = [*branch.ancestors, branch.node]
+        start = next((i for i, n in enumerate(path) if n is branch.method), 0)
+        for parent, child in zip(path[start:], path[start + 1 :]):
+            if not isinstance(parent, cst.IndentedBlock):
+                continue
+            for statement in parent.body:
+                if statement is child:
+                    break
+                jump = _jump_in(statement)
+                if jump is not None:
+                    raise Refusal(
+                        f"nothing before the {branch.event} branch that can skip it (a "
+                        "return, raise, break or continue)",
+                        self.module.code_for_node(statement).strip(),
+                    )
 
     def no_earlier_arm_names_it(self, branch: Branch, bases: tuple[str, ...] = ()) -> None:
         """No earlier arm tests the event's own class, or a base class it is known to
@@ -407,6 +429,19 @@ def class_name(node: cst.BaseExpression) -> str | None:
 
 def names_any(node: cst.CSTNode, names: tuple[str, ...]) -> bool:
     return any(isinstance(n, cst.Name) and identifier(n) in names for n in walk(node))
+
+
+def _jump_in(node: cst.CSTNode) -> cst.CSTNode | None:
+    """A return, raise, break or continue in `node`, outside functions and classes it defines."""
+    if isinstance(node, (cst.Return, cst.Raise, cst.Break, cst.Continue)):
+        return node
+    if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+        return None
+    for child in children(node):
+        jump = _jump_in(child)
+        if jump is not None:
+            return jump
+    return None
 
 
 def earlier_arms(branch: Branch) -> Iterator[cst.If]:
