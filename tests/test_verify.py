@@ -28,7 +28,7 @@ FIXES = [fix.name for fix in REGISTERED]
 #: The rows verify prints: those of the fixes h2fix has.
 ROWS = [check.label for check in CHECKS if check.fix in FIXES]
 TRAILER_ROWS = ROWS[:4]
-MANY, RESETS, H2C, LATE = ROWS[4:8]
+MANY, RESETS, H2C, LATE, LIMIT, SHUTDOWN = ROWS[4:10]
 
 
 def verify(path: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -47,10 +47,10 @@ def closing(out: str) -> list[str]:
     return out.splitlines()[1 + len(ROWS) :]
 
 
-# The shutdown and request-limit fixes have no row of their own yet: verify says so.
-UNCHECKED = [
-    "graceful_shutdown: applied by h2fix (no check applies to this version)",
-    "max_requests: applied by h2fix (no check applies to this version)",
+#: No release fixed these two upstream: verify measures both faults on every one.
+UNFIXED_UPSTREAM = [
+    "graceful_shutdown: applied by h2fix (fails as installed, passes with h2fix)",
+    "max_requests: applied by h2fix (fails as installed, passes with h2fix)",
 ]
 
 
@@ -67,7 +67,7 @@ def test_installed_0173_every_fault_fixed() -> None:
         "request_received: applied by h2fix (fails as installed, passes with h2fix)",
         "send_state: applied by h2fix (fails as installed, passes with h2fix)",
         "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
-        *UNCHECKED,
+        *UNFIXED_UPSTREAM,
         "every applicable check passes with h2fix",
     ]
 
@@ -84,14 +84,14 @@ def test_0180_two_fixed_upstream_two_applied() -> None:
     # Unfixed upstream: 1,001 unreleased send states kill the connection. Reset
     # streams keep theirs every time; trailer responses only while the server falls
     # behind its client (the stock column can say yes on a machine busy elsewhere).
-    assert rows[RESETS] == rows[LATE] == ["NO", "yes"]
+    assert rows[RESETS] == rows[LATE] == rows[LIMIT] == rows[SHUTDOWN] == ["NO", "yes"]
     assert rows[MANY][1] == "yes"
     assert closing(result.stdout) == [
         "trailers: fixed upstream (passes as installed)",
         "request_received: fixed upstream (passes as installed)",
         "send_state: applied by h2fix (fails as installed, passes with h2fix)",
         "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
-        *UNCHECKED,
+        *UNFIXED_UPSTREAM,
         "every applicable check passes with h2fix",
     ]
     assert "repaired" not in result.stdout
@@ -108,12 +108,13 @@ def test_0160_no_trailers_support() -> None:
     assert [rows[row] for row in [*TRAILER_ROWS, MANY]] == [["n/a", "n/a"]] * 5
     # send_state still matters: for reset streams.
     assert rows[RESETS] == rows[H2C] == rows[LATE] == ["NO", "yes"]
+    assert rows[LIMIT] == rows[SHUTDOWN] == ["NO", "yes"]
     assert closing(result.stdout) == [
         "trailers: not applicable (this version has no trailers support)",
         "request_received: applied by h2fix (fails as installed, passes with h2fix)",
         "send_state: applied by h2fix (fails as installed, passes with h2fix)",
         "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
-        *UNCHECKED,
+        *UNFIXED_UPSTREAM,
         "every applicable check passes with h2fix",
     ]
 
@@ -153,6 +154,7 @@ def test_a_refused_fix_on_real_code_is_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     rows = table(result.stdout)
     assert rows["trailers received"] == rows[MANY] == rows[RESETS] == ["NO", "NO"]
+    assert rows[LIMIT] == rows[SHUTDOWN] == ["NO", "yes"]
     assert rows[H2C] == rows[LATE] == ["NO", "yes"]
     refused = "refused by h2fix, not applied (`h2fix status` says why), but FAILS as installed"
     assert closing(result.stdout) == [
@@ -160,7 +162,7 @@ def test_a_refused_fix_on_real_code_is_exit_1(tmp_path: Path) -> None:
         "request_received: applied by h2fix (fails as installed, passes with h2fix)",
         f"send_state: {refused}",
         "closed_stream_data: applied by h2fix (fails as installed, passes with h2fix)",
-        *UNCHECKED,
+        *UNFIXED_UPSTREAM,
         "NOT every applicable check passes with h2fix: trailers, send_state",
     ]
 
