@@ -104,7 +104,7 @@ def warm(target: str, fixes: Iterable[str] | None = None) -> str:
     The fix set is what apply() with the same `fixes` asks for. Raises when the entry
     cannot be stored: a refusal, or a cache that is off or unusable.
     """
-    from . import fixes as _fixes
+    from . import _registry as _fixes
     from ._environment import Environment
     from ._errors import CacheUnavailableError
     from ._targets import locate

@@ -21,7 +21,7 @@ import types
 from collections import Counter
 
 from . import _live
-from . import fixes as _fixes
+from . import _registry as _fixes
 from ._environment import Environment
 from ._errors import H2FixError, TargetNotFoundError
 from ._live import Slot
