@@ -321,11 +321,17 @@ class LiveMethods:
                 )
 
     def nothing_before_skips_it(self, branch: Branch) -> None:
-        """No statement before the dispatch in the method can jump past it (a `continue`
-        for some events, a `return` on a condition): the branch would then not run for
-        every event of its class, and what the server does instead stays unrepaired."""
+        """No statement before the dispatch can jump past it for the event at hand (a
+        `continue` for some events, a `return` on a condition): the branch would then not
+        run for every event of its class, and what the server does instead stays
+        unrepaired. Before the loop over the events (`if not events: return`) nothing is
+        skipped for one event, so the check starts in the innermost loop's body, or in the
+        method's body when the dispatch is not in a loop."""
         path = [*branch.ancestors, branch.node]
         start = next((i for i, n in enumerate(path) if n is branch.method), 0)
+        loops = [i for i in range(start, len(path)) if isinstance(path[i], (cst.For, cst.While))]
+        if loops:
+            start = loops[-1]
         for parent, child in zip(path[start:], path[start + 1 :]):
             if not isinstance(parent, cst.IndentedBlock):
                 continue
