@@ -60,17 +60,22 @@ GOAWAY = """\
 # response in flight (this request's too) still goes out. h2 is not
 # told, so it stays open; once the connection is idle and no stream
 # is open in h2, stream_send's close_connection() sends the final
-# GOAWAY.
-await self.send(
-    RawData(
-        data=self.connection.data_to_send()  # h2's pending frames first
-        + (8).to_bytes(3, "big")  # payload length
-        + bytes((7, 0))  # frame type GOAWAY, no flags
-        + (0).to_bytes(4, "big")  # stream 0: the connection
-        + (2**31 - 1).to_bytes(4, "big")  # last stream id
-        + (0).to_bytes(4, "big")  # error code NO_ERROR
+# GOAWAY. Not after that one (it may come first): a GOAWAY must
+# never raise the last stream id of an earlier one.
+if (
+    self.connection.state_machine.state
+    is not h2.connection.ConnectionState.CLOSED
+):
+    await self.send(
+        RawData(
+            data=self.connection.data_to_send()  # h2's pending frames first
+            + (8).to_bytes(3, "big")  # payload length
+            + bytes((7, 0))  # frame type GOAWAY, no flags
+            + (0).to_bytes(4, "big")  # stream 0: the connection
+            + (2**31 - 1).to_bytes(4, "big")  # last stream id
+            + (0).to_bytes(4, "big")  # error code NO_ERROR
+        )
     )
-)
 """
 LIMIT = "self.keep_alive_requests > self.config.keep_alive_max_requests"
 CLOSE = "        self.connection.close_connection()\n"

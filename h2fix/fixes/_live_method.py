@@ -27,6 +27,7 @@ from ._syntax import (
     dotted,
     first_parameter,
     identifier,
+    imports_package,
     jump_before,
     module_bindings,
     module_classes,
@@ -189,6 +190,50 @@ class LiveMethods:
                 "(h2.connection.H2Connection(...) as the module imports it)",
                 "; ".join(self.module.code_for_node(w.node).strip() for w in found)
                 or f"no assignment to self.{attribute}",
+            )
+
+    def h2_names_the_package(self, method: cst.FunctionDef, reads: str) -> None:
+        """Inserted code that reads `reads` (`h2.errors`, `h2.connection.<name>`) reads the
+        h2 package: `h2` is bound only by plain `import h2...` statements, never in
+        `method`, and `import h2.connection` at module level loads both (h2.connection
+        imports h2.errors)."""
+        package = "h2"
+        found = [
+            self.module.code_for_node(node).strip()
+            for node in self.bindings.get(package, [])
+            if not imports_package(node, package)
+        ]
+        found += [
+            f"{package} bound by a module-level {type(statement).__name__.lower()}"
+            for statement in module_statements(self.module)
+            if isinstance(statement, (cst.For, cst.While, cst.With))
+            and package in bound_names(statement)
+        ]
+        found += [
+            f"global {package}"
+            for node in walk(self.module)
+            if isinstance(node, cst.Global)
+            and any(identifier(n.name) == package for n in node.names)
+        ]
+        if package in bound_names(method.body) | parameters(method):
+            found.append(f"{package} bound in {identifier(method.name)}")
+        if found:
+            raise Refusal(
+                "`h2` bound only by `import h2` / `import h2.<module>` statements (the "
+                f"rewrite reads {reads} through it)",
+                "; ".join(found),
+            )
+        if not any(
+            isinstance(small, cst.Import)
+            and any(dotted(a.name) == "h2.connection" and a.asname is None for a in small.names)
+            for statement in module_statements(self.module)
+            if isinstance(statement, cst.SimpleStatementLine)
+            for small in statement.body
+        ):
+            raise Refusal(
+                f"`import h2.connection` at module level (it loads {reads}, which the "
+                "rewrite reads)",
+                "no such import",
             )
 
     def prove(self, branch: Branch) -> Live:
@@ -435,6 +480,11 @@ def class_name(node: cst.BaseExpression) -> str | None:
 
 def names_any(node: cst.CSTNode, names: tuple[str, ...]) -> bool:
     return any(isinstance(n, cst.Name) and identifier(n) in names for n in walk(node))
+
+
+def parameters(method: cst.FunctionDef) -> set[str]:
+    """The names of a function's parameters (they are bound in its body)."""
+    return {identifier(p.name) for p in walk(method.params) if isinstance(p, cst.Param)}
 
 
 def _jump_in(node: cst.CSTNode) -> cst.CSTNode | None:

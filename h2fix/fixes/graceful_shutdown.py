@@ -47,11 +47,9 @@ from ._syntax import (
     bound_names,
     dotted,
     identifier,
-    imports_package,
     jump_before,
     keyword,
     method_call,
-    module_statements,
     self_attribute,
     statement_expression,
     walk,
@@ -92,7 +90,7 @@ class _Proof:
         self.reset_is_reachable(path[-1][1])
         code = self.error_code(call)
         if code is None:
-            self.h2_names_the_package(live.method)
+            self.live.h2_names_the_package(live.method, "h2.errors")
         self.on_h2_connection(live, call)
         self.resets_the_events_stream(call, subject, body)
         if code is not None:
@@ -237,49 +235,6 @@ class _Proof:
                         self.module.code_for_node(statement).strip(),
                     )
 
-    def h2_names_the_package(self, method: cst.FunctionDef) -> None:
-        """The inserted `h2.errors...` reads the h2 package: `h2` is bound only by plain
-        `import h2...` statements, and `import h2.connection` at module level loads
-        h2.errors (h2.connection imports it)."""
-        package = "h2"
-        found = [
-            self.module.code_for_node(node).strip()
-            for node in self.live.bindings.get(package, [])
-            if not imports_package(node, package)
-        ]
-        found += [
-            f"{package} bound by a module-level {type(statement).__name__.lower()}"
-            for statement in module_statements(self.module)
-            if isinstance(statement, (cst.For, cst.While, cst.With))
-            and package in bound_names(statement)
-        ]
-        found += [
-            f"global {package}"
-            for node in walk(self.module)
-            if isinstance(node, cst.Global)
-            and any(identifier(n.name) == package for n in node.names)
-        ]
-        if package in bound_names(method.body) | _parameters(method):
-            found.append(f"{package} bound in {identifier(method.name)}")
-        if found:
-            raise Refusal(
-                "`h2` bound only by `import h2` / `import h2.<module>` statements (the "
-                "rewrite reads h2.errors through it)",
-                "; ".join(found),
-            )
-        if not any(
-            isinstance(small, cst.Import)
-            and any(dotted(a.name) == "h2.connection" and a.asname is None for a in small.names)
-            for statement in module_statements(self.module)
-            if isinstance(statement, cst.SimpleStatementLine)
-            for small in statement.body
-        ):
-            raise Refusal(
-                "`import h2.connection` at module level (it loads h2.errors, which the "
-                "rewrite reads)",
-                "no such import",
-            )
-
 
 # --- rewrite ---------------------------------------------------------------------
 
@@ -346,10 +301,6 @@ class _AddCode(cst.CSTTransformer):
 
 
 # --- helpers on nodes ------------------------------------------------------------
-
-
-def _parameters(method: cst.FunctionDef) -> set[str]:
-    return {identifier(p.name) for p in walk(method.params) if isinstance(p, cst.Param)}
 
 
 def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:

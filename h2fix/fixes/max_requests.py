@@ -62,6 +62,7 @@ from ._live_method import (
     branch_code,
     find_branches,
     node_path,
+    parameters,
 )
 from ._syntax import (
     bindings_of,
@@ -102,17 +103,22 @@ def _goaway(receiver: str, send: str, raw_data: str, connection: str) -> str:
 # response in flight (this request's too) still goes out. h2 is not
 # told, so it stays open; once the connection is idle and no stream
 # is open in h2, stream_send's close_connection() sends the final
-# GOAWAY.
-await {receiver}.{send}(
-    {raw_data}(
-        data={receiver}.{connection}.{_PENDING}()  # h2's pending frames first
-        + (8).to_bytes(3, "big")  # payload length
-        + bytes((7, 0))  # frame type GOAWAY, no flags
-        + (0).to_bytes(4, "big")  # stream 0: the connection
-        + (2**31 - 1).to_bytes(4, "big")  # last stream id
-        + (0).to_bytes(4, "big")  # error code NO_ERROR
+# GOAWAY. Not after that one (it may come first): a GOAWAY must
+# never raise the last stream id of an earlier one.
+if (
+    {receiver}.{connection}.state_machine.state
+    is not h2.connection.ConnectionState.CLOSED
+):
+    await {receiver}.{send}(
+        {raw_data}(
+            data={receiver}.{connection}.{_PENDING}()  # h2's pending frames first
+            + (8).to_bytes(3, "big")  # payload length
+            + bytes((7, 0))  # frame type GOAWAY, no flags
+            + (0).to_bytes(4, "big")  # stream 0: the connection
+            + (2**31 - 1).to_bytes(4, "big")  # last stream id
+            + (0).to_bytes(4, "big")  # error code NO_ERROR
+        )
     )
-)
 """
 
 
@@ -174,6 +180,7 @@ class _Proof:
         counter, limit = self.limit_is_pure(limit_if.test, live.receiver)
         send = self.class_sends_pending_bytes(live, connection)
         raw_data = self.raw_data_from_the_package_events(live.method)
+        self.live.h2_names_the_package(live.method, "h2.connection.ConnectionState")
         # (b) the close once idle in the StreamClosed arm
         branch = self.one_closed_branch(closed)
         other = self.live_dispatch(branch, _STREAM_EVENT_BASES)
@@ -338,7 +345,7 @@ class _Proof:
                 "; ".join(self.module.code_for_node(b).strip() for b in found)
                 or f"{_RAW_DATA} not bound",
             )
-        if _RAW_DATA in bound_names(method) | _parameters(method):
+        if _RAW_DATA in bound_names(method) | parameters(method):
             raise Refusal(
                 f"{_RAW_DATA} never rebound in {identifier(method.name)}",
                 f"a binding of {_RAW_DATA} in {identifier(method.name)}",
@@ -437,7 +444,7 @@ class _Proof:
 class _Apply(cst.CSTTransformer):
     """(a) swaps the close statement for the GOAWAY send; (b) widens the idle test."""
 
-    def __init__(self, plan: _Plan, goaway: cst.SimpleStatementLine, paths: Sequence[cst.CSTNode]):
+    def __init__(self, plan: _Plan, goaway: cst.If, paths: Sequence[cst.CSTNode]):
         super().__init__()
         self.plan = plan
         self.goaway = goaway
@@ -561,10 +568,6 @@ def _raw_send(node: cst.CSTNode, receiver: str) -> tuple[str, cst.BaseExpression
     return attribute, inner.args[0].value
 
 
-def _parameters(method: cst.FunctionDef) -> set[str]:
-    return {identifier(p.name) for p in walk(method.params) if isinstance(p, cst.Param)}
-
-
 def _grows_or_starts(write: Write) -> bool:
     value = write.value
     if isinstance(write.node, cst.AugAssign):
@@ -658,7 +661,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
         _goaway(plan.receiver, plan.send, plan.raw_data, plan.connection),
         config=tree.config_for_parsing,
     )
-    assert isinstance(goaway, cst.SimpleStatementLine)  # one await expression
+    assert isinstance(goaway, cst.If)  # the send, unless h2 has closed
     paths = [
         *request.ancestors,
         *node_path(request.node, plan.limit_body),
