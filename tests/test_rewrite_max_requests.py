@@ -11,7 +11,7 @@ import pytest
 
 import h2fix
 from h2fix import Outcome, UnrecognisedStructureError
-from support.versions import rows
+from support.versions import composed_on_default_python, rows
 
 IMPORTS = """\
 import h2.connection
@@ -609,6 +609,7 @@ def _changed_lines(before: str, after: str) -> tuple[set[str], set[str]]:
 
 
 @pytest.mark.network
+@composed_on_default_python
 @pytest.mark.parametrize("release", SUBSET_RELEASES, ids=["-".join(r) for r in SUBSET_RELEASES])
 def test_every_subset_of_the_fixes_composes(release: tuple[str, str]) -> None:
     """The runtime applies fixes in table order on one tree: for every subset, each fix does

@@ -47,3 +47,11 @@ served_on_default_python = pytest.mark.skipif(
     reason="the served drift corpus runs on CI's default Python 3.11 only (what a rewrite does "
     "to a server does not depend on the tests' Python; the rewrites themselves are checked here)",
 )
+
+#: The composition of every subset of the fixes (63 rewrites of four releases) is pure
+#: LibCST work: once is enough, and it keeps CI's three Pythons in time.
+composed_on_default_python = pytest.mark.skipif(
+    sys.version_info[:2] != DEFAULT_PYTHON,
+    reason="every subset of the fixes is composed on CI's default Python 3.11 only (each fix's "
+    "own rewrite of every release is checked on every Python)",
+)
