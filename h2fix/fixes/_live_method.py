@@ -365,6 +365,16 @@ class LiveMethods:
                     self.module.code_for_node(test),
                 )
 
+    def reachable_in_branch(self, branch: Branch, statement: cst.CSTNode, what: str) -> None:
+        """No return, raise, break or continue before `statement` in the branch: after one,
+        the statement is dead, and whatever runs instead is what the server does."""
+        jump = jump_before(node_path(branch.node, statement))
+        if jump is not None:
+            raise Refusal(
+                f"{what} reachable: no return, raise, break or continue before it in the branch",
+                self.module.code_for_node(jump).strip(),
+            )
+
     def nothing_before_skips_it(self, branch: Branch) -> None:
         """No statement before the dispatch can jump past it for the event at hand (a
         `continue` for some events, a `return` on a condition): the branch would then not

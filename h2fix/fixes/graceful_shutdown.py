@@ -47,7 +47,6 @@ from ._syntax import (
     bound_names,
     dotted,
     identifier,
-    jump_before,
     keyword,
     method_call,
     self_attribute,
@@ -87,7 +86,7 @@ class _Proof:
         body = self.body_on_own_lines()
         call = self.one_reset(body)
         path = self.reset_is_a_statement(body, call)
-        self.reset_is_reachable(path[-1][1])
+        self.live.reachable_in_branch(self.branch, path[-1][1], f"the {_RESET}()")
         code = self.error_code(call)
         if code is None:
             self.live.h2_names_the_package(live.method, "h2.errors")
@@ -143,18 +142,6 @@ class _Proof:
                 self.module.code_for_node(statement).strip(),
             )
         return path
-
-    def reset_is_reachable(self, statement: cst.BaseStatement) -> None:
-        """No return, raise, break or continue before the reset in the branch: after one,
-        the reset is dead, and whatever runs instead (a helper, another reset) is what
-        answers the request."""
-        jump = jump_before(node_path(self.branch.node, statement))
-        if jump is not None:
-            raise Refusal(
-                f"the {_RESET}() reachable: no return, raise, break or continue before it "
-                "in the branch",
-                self.module.code_for_node(jump).strip(),
-            )
 
     def on_h2_connection(self, live: Live, call: cst.Call) -> None:
         found = method_call(call)

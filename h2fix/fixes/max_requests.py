@@ -71,7 +71,6 @@ from ._syntax import (
     first_parameter,
     identifier,
     imported_as,
-    jump_before,
     method_call,
     self_attribute,
     statement_expression,
@@ -175,7 +174,7 @@ class _Proof:
         self.is_async(request, live)
         body = self.body_on_own_lines(request)
         limit_if, limit_body, statement = self.close_under_a_limit_test(body, close)
-        self.reachable(request, body, limit_if)
+        self.live.reachable_in_branch(request, limit_if, f"the `if <limit>: ...{_CLOSE}()`")
         connection = self.close_on_h2_connection(live, close)
         counter, limit = self.limit_is_pure(limit_if.test, live.receiver)
         send = self.class_sends_pending_bytes(live, connection)
@@ -249,16 +248,6 @@ class _Proof:
             f"{_CLOSE}()` as a statement of its own in it",
             self.module.code_for_node(close),
         )
-
-    def reachable(self, branch: Branch, body: cst.IndentedBlock, statement: cst.If) -> None:
-        path = [*branch.ancestors, branch.node, body, statement]
-        jump = jump_before(path, len(branch.ancestors))
-        if jump is not None:
-            raise Refusal(
-                f"the `if <limit>: ...{_CLOSE}()` reachable: no return, raise, break or "
-                "continue before it",
-                self.module.code_for_node(jump).strip(),
-            )
 
     def close_on_h2_connection(self, live: Live, close: cst.Call) -> str:
         found = method_call(close)
@@ -407,7 +396,7 @@ class _Proof:
                 "name or attribute for idle), without elif/else",
                 self.module.code_for_node(test),
             )
-        self.reachable(branch, body, idle_if)
+        self.live.reachable_in_branch(branch, idle_if, f"the idle `if ...: ...{_CLOSE}()`")
         return idle_if, test, test.right
 
     def counter_only_grows(self, classes: list[cst.ClassDef], counter: str) -> None:
