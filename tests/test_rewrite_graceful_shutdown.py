@@ -404,6 +404,19 @@ REFUSED_CASES = {
         "        self.connection.reset_stream(event.stream_id)\n",
         "`if isinstance(<event>, h2.events.RequestReceived):` branch",
     ),
+    # "Applied" while broken: the reset that changes runs only under a flag; with the flag
+    # off (as shipped) a helper answers the shutdown request, with NO_ERROR.
+    "reset-under-a-flag-helper-otherwise": (
+        module(
+            REQUEST_0_17.replace(
+                "        " + RESET,
+                "        if DEBUG:\n            "
+                + RESET
+                + "        else:\n            await self._refuse(event.stream_id)\n",
+            )
+        ),
+        "directly in one arm",
+    ),
     "match-case": (
         module(
             after=(

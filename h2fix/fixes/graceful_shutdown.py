@@ -141,6 +141,14 @@ class _Proof:
                 f"`<self>.<connection>.{_RESET}(...)` as a statement of its own",
                 self.module.code_for_node(statement).strip(),
             )
+        if len(path) > 2 or (len(path) == 2 and not isinstance(path[0][1], cst.If)):
+            # Deeper (under a second `if`, a loop, a `try`), another way through the arm
+            # may answer the request instead, and that one would stay NO_ERROR.
+            raise Refusal(
+                f"the {_RESET}() directly in the branch, or directly in one arm of an `if` "
+                "in it (the arm's answer to the request)",
+                self.module.code_for_node(path[0][1]).strip(),
+            )
         return path
 
     def on_h2_connection(self, live: Live, call: cst.Call) -> None:
