@@ -515,6 +515,18 @@ REFUSED = {
         ),
         "not match/case",
     ),
+    # "Applied" while broken: a second close at the limit, where the stream is created,
+    # still cuts every response in flight.
+    "another-close-over-the-limit": (
+        module(
+            methods=FLUSH
+            + "\n"
+            + CREATE
+            + "    if self.keep_alive_requests > self.config.keep_alive_max_requests:\n"
+            "        self.connection.close_connection()\n"
+        ),
+        "no close_connection() but the one at the limit",
+    ),
     "close-after-a-return": (
         module(REQUEST.replace("    if self.keep", "    return\n    if self.keep")),
         "reachable",

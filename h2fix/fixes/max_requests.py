@@ -184,6 +184,7 @@ class _Proof:
         branch = self.one_closed_branch(closed)
         other = self.live_dispatch(branch, _STREAM_EVENT_BASES)
         idle_if, idle, terminated = self.close_once_idle(branch, other, connection)
+        self.no_other_close(close, idle_if)
         self.counter_only_grows([live.cls, other.cls], counter)
         self.limit_object_fixed([live.cls, other.cls], limit)
         again = _with_receiver(limit_if.test, live.receiver, other.receiver)
@@ -398,6 +399,18 @@ class _Proof:
             )
         self.live.reachable_in_branch(branch, idle_if, f"the idle `if ...: ...{_CLOSE}()`")
         return idle_if, test, test.right
+
+    def no_other_close(self, close: cst.Call, idle_if: cst.If) -> None:
+        """The module closes the connection only where the fix knows: at the limit (which
+        becomes the first GOAWAY) and once idle. Another close (a cap in `_create_stream`,
+        say) would still cut the responses in flight while the fix reports them saved."""
+        others = [c for c in _closes(self.module) if c is not close and c not in _closes(idle_if)]
+        if others:
+            raise Refusal(
+                f"no {_CLOSE}() but the one at the limit and the one once idle (another "
+                "closes h2 with responses in flight)",
+                "; ".join(self.module.code_for_node(c) for c in others),
+            )
 
     def counter_only_grows(self, classes: list[cst.ClassDef], counter: str) -> None:
         """Once over the limit, always over it: the counter is assigned 0 only in
