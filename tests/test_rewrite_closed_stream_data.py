@@ -294,6 +294,15 @@ REFUSED = {
         "no continue/break/return/raise before acknowledge_received_data",
     ),
     "no-ack": (module(_data(HANDLE)), "acknowledge_received_data(...)` as a statement"),
+    # "Applied" while broken: a helper handed the event looks the stream up unguarded.
+    "helper-handed-the-event": (
+        module(_data(HANDLE + ACK + "await self._trace(event)\n")),
+        "the event handed to no method of the protocol object",
+    ),
+    "function-handed-the-protocol-and-event": (
+        module(_data(HANDLE + ACK + "trace(self, event)\n")),
+        "the event handed to no method of the protocol object",
+    ),
     "ack-inside-the-guard": (
         module(_data("try:\n    " + HANDLE + "    " + ACK + "except KeyError:\n    pass\n")),
         "so that it runs for a stream that is gone too",

@@ -70,7 +70,7 @@ from ._syntax import (
     statement_expression,
     subclasses,
 )
-from ._tree import children, transform
+from ._tree import children, transform, walk
 
 NAME = "closed_stream_data"
 
@@ -120,6 +120,7 @@ class _Proof:
             self.streams_is_a_dict(cls, _dict_attribute(node, receiver))
         if branch.event == DATA:
             self.acknowledged_on_h2_connection(cls, body, receiver, branch.subject or "<event>")
+        self.event_goes_nowhere_else(body, [node for node, _ in lookups], branch.subject, receiver)
         unguarded = [node for node, guarded in lookups if not guarded]
         if not unguarded:
             return None  # fixed upstream: leave it byte for byte
@@ -129,6 +130,39 @@ class _Proof:
         return _Guard(body, index, lookup, key)
 
     # Each check: one obligation, its refusal beside it.
+
+    def event_goes_nowhere_else(
+        self, body: cst.IndentedBlock, lookups: list[_Lookup], subject: str | None, receiver: str
+    ) -> None:
+        """Outside the statements that look the stream up, the event is handed to no method
+        of the protocol object, nor with the protocol object to anything: such a helper
+        (`await self._trace(event)`) may look the stream up itself, unguarded, and the
+        KeyError would still end the connection. (Other calls, the stream's own handler,
+        an event class, a logger, cannot reach the protocol's streams.)"""
+        root = (subject or "").split(".")[0]
+        for statement in body.body:
+            if any(node is lookup for node in walk(statement) for lookup in lookups):
+                continue
+            for node in walk(statement):
+                if not isinstance(node, cst.Call):
+                    continue
+                called = method_call(node)
+                names = {
+                    identifier(n)
+                    for arg in node.args
+                    for n in walk(arg.value)
+                    if isinstance(n, cst.Name)
+                }
+                on_protocol = called is not None and dotted(called[0]) == receiver
+                # A method of the protocol given the event, or anything given the protocol
+                # object itself (`trace(self, event)`), can reach its streams.
+                if root in names and (on_protocol or receiver in names):
+                    raise Refusal(
+                        "the event handed to no method of the protocol object (nor the object "
+                        "with it) outside the stream's own lookup: it may look the stream up "
+                        "unguarded",
+                        self.module.code_for_node(node),
+                    )
 
     def body_on_own_lines(self, branch: Branch) -> cst.IndentedBlock:
         body = branch.node.body
