@@ -32,7 +32,7 @@ import types
 from collections.abc import Iterator
 
 from ._results import FixOutcome, Outcome
-from ._safedir import SUPPORTED, UnsafeLocationError, open_private_directory, open_private_file
+from ._safedir import SUPPORTED, open_private_directory, open_private_file
 
 logger = logging.getLogger("h2fix.cache")
 
@@ -70,6 +70,8 @@ def location() -> str | None:
     if configured:
         # Relative to whichever directory each worker happens to start in: never meant.
         if not os.path.isabs(configured):
+            from ._errors import UnsafeLocationError
+
             raise UnsafeLocationError(
                 f"H2FIX_CACHE_DIR={configured}", "an absolute path", "a relative one"
             )
@@ -82,6 +84,8 @@ def location() -> str | None:
     owner = os.stat(home).st_uid
     if owner != os.geteuid():
         # e.g. root under `sudo -E`: writing there would leave root's files in a user's home.
+        from ._errors import UnsafeLocationError
+
         raise UnsafeLocationError(
             f"home directory {home}", f"owned by uid {os.geteuid()}", f"owned by uid {owner}"
         )

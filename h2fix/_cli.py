@@ -281,7 +281,7 @@ def _rewrites(args: argparse.Namespace) -> list[tuple[_Subject, Rewrite | None]]
         subject = _Subject(path, "")
         try:
             # advice=None: a file someone named is no package to reinstall.
-            subject = _Subject(path, read_source(None, path, advice=None))
+            subject = _Subject(path, read_source(None, path, advise_reinstall=False))
             results.append((subject, subject.rewrite(args.fix)))
         except H2FixError as error:
             _print_error(error, None if path in str(error) else path)

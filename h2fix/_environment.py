@@ -6,7 +6,7 @@ Kept apart from the rewrite so that the rewrite stays a pure function of
 
 from __future__ import annotations
 
-from ._record import Record, initialise
+from ._results import Record, initialise
 
 
 class Environment(Record):

@@ -281,6 +281,16 @@ class NoFixSelectedError(H2FixError, ValueError):
         )
 
 
+class UnsafeLocationError(H2FixError):
+    """A directory or file on the way to the cache could be changed by another user."""
+
+    def __init__(self, path: str, expected: str, found: str) -> None:
+        self.path = path
+        self.expected = expected
+        self.found = found
+        super().__init__(f"{path}: expected {expected}, found {found}")
+
+
 class CacheUnavailableError(H2FixError):
     """`h2fix warm` could not store the entry: the start-up cache is off or unusable."""
 

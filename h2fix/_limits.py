@@ -23,23 +23,15 @@ import io
 import tokenize
 
 from ._errors import InvalidSourceError
+from ._targets import MAX_CHARACTERS, check_size
 
-#: About 50 times a real protocol module.
-MAX_CHARACTERS = 1_000_000
 #: About 12 times the longest statement of a real protocol module; also bounds the
 #: length of any expression chain before Python's own parser sees it.
 MAX_STATEMENT_TOKENS = 1_000
 #: About 3 times a real protocol module, and under half of what LibCST survives.
 MAX_DEPTH = 60
 
-_SIZE_NOTE = "a protocol module is about 15-20 kB"
-
-
-def check_size(length: int, unit: str, where: str | None = None) -> None:
-    if length > MAX_CHARACTERS:
-        raise InvalidSourceError(
-            f"at most {MAX_CHARACTERS:,} {unit} ({_SIZE_NOTE})", f"{length:,} {unit}", where
-        )
+__all__ = ["MAX_CHARACTERS", "MAX_DEPTH", "MAX_STATEMENT_TOKENS", "check_size", "check_source"]
 
 
 def check_source(source: str) -> None:

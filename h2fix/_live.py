@@ -11,14 +11,9 @@ import importlib
 import sys
 import types
 
-from ._errors import (
-    DeadCodeChangedError,
-    FunctionReplacedError,
-    ModuleReloadedError,
-    SourceChangedError,
-    UnreachablePatchError,
-)
-from ._record import Record, initialise
+from ._results import Record, initialise
+
+# Errors are imported where they are raised: a warm apply() raises none (see _targets).
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,6 +70,8 @@ def live_function(owner: Any, name: str, qualname: str, file: str) -> types.Func
     """The function stored under `name` in `owner` itself (not inherited)."""
     function = vars(owner).get(name)
     if not isinstance(function, types.FunctionType):
+        from ._errors import FunctionReplacedError
+
         raise FunctionReplacedError(qualname, file, f"{function!r} in its place")
     return function
 
@@ -97,6 +94,8 @@ def live_definition(
     for index, code in enumerate(candidates):
         if function.__code__ == code:
             return index
+    from ._errors import FunctionReplacedError, SourceChangedError
+
     if function.__code__.co_filename != located.file or function.__qualname__ != qualname:
         raise FunctionReplacedError(qualname, located.file, describe(function))
     raise SourceChangedError(located.target.module, located.file, qualname)
@@ -107,6 +106,8 @@ def expect_live_changed(prepared: Prepared, qualname: str, live: int, file: str)
     changed = prepared.changed_definitions(qualname)
     if changed == (live,):
         return
+    from ._errors import DeadCodeChangedError
+
     fixes = ",".join(o.fix for o in prepared.outcomes if qualname in o.functions)
     candidates = prepared.original_code[qualname]
     dead = [candidates[i].co_firstlineno for i in changed if i != live]
@@ -116,6 +117,10 @@ def expect_live_changed(prepared: Prepared, qualname: str, live: int, file: str)
 def expect_ours(slot: Slot, file: str) -> None:
     """`slot` still holds the function h2fix put there, running the code it put in."""
     live = vars(slot.owner).get(slot.name)
+    if live is slot.patched and live.__code__ is slot.code:
+        return
+    from ._errors import FunctionReplacedError
+
     ours = f"{file} as patched by h2fix"
     if live is not slot.patched:
         found = describe(live) if isinstance(live, types.FunctionType) else repr(live)
@@ -129,6 +134,8 @@ def expect_same_class(module: types.ModuleType, slots: Iterable[Slot], target: T
     for slot in slots:
         owner, _ = owner_and_name(module, slot.qualname)
         if owner is not slot.owner:
+            from ._errors import ModuleReloadedError
+
             cls = slot.qualname.rsplit(".", 1)[0]
             raise ModuleReloadedError(module.__name__, cls, target.served_class, after_apply=True)
 
@@ -141,6 +148,8 @@ def served_class(target: Target) -> Any:
     package, _, name = target.served_class.rpartition(".")
     served = getattr(sys.modules.get(package) or importlib.import_module(package), name, None)
     if not isinstance(served, type):
+        from ._errors import UnreachablePatchError
+
         raise UnreachablePatchError(
             target.served_class, "the patched methods", f"{package} has no class {name}"
         )
@@ -164,9 +173,13 @@ def expect_reachable(target: Target, module: types.ModuleType, slots: Iterable[S
         if owner in served.__mro__:
             resolver = next(cls for cls in served.__mro__ if slot.name in vars(cls))
             if resolver is not owner:
+                from ._errors import UnreachablePatchError
+
                 found = f"{resolver.__module__}.{resolver.__qualname__} overrides {slot.name}"
                 raise UnreachablePatchError(target.served_class, function, found)
         elif owner is module_class:
+            from ._errors import ModuleReloadedError, UnreachablePatchError
+
             if (served.__module__, served.__qualname__) == (owner.__module__, owner.__qualname__):
                 raise ModuleReloadedError(
                     owner.__module__, owner.__qualname__, target.served_class, after_apply=False

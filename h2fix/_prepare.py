@@ -10,9 +10,7 @@ import hashlib
 import types
 
 from . import _cache
-from ._errors import NotAProtocolError, UnrecognisedStructureError
-from ._record import Record, initialise
-from ._results import Outcome
+from ._results import Outcome, Record, initialise
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -143,6 +141,8 @@ def _prepare(located: Located, fixes: frozenset[str], environment: Environment) 
             new = definitions(new_module, qualname)
             found = _mismatch(original, new)
             if found:
+                from ._errors import UnrecognisedStructureError
+
                 raise UnrecognisedStructureError(
                     ",".join(o.fix for o in result.outcomes if qualname in o.functions),
                     qualname,
@@ -157,6 +157,8 @@ def _prepare(located: Located, fixes: frozenset[str], environment: Environment) 
 def expect_protocol(located: Located, result: Rewrite) -> None:
     """Refuse an installed target in which no fix recognises anything at all."""
     if all(o.outcome is Outcome.NOT_APPLICABLE for o in result.outcomes):
+        from ._errors import NotAProtocolError
+
         raise NotAProtocolError(located.target.module, located.file)
 
 

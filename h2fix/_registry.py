@@ -7,8 +7,9 @@ directory; a fix's module is imported only when a rewrite runs.
 
 from __future__ import annotations
 
-from ._errors import ArgumentTypeError, NoFixSelectedError, UnknownFixError
-from ._record import Record, initialise
+import contextlib
+
+from ._results import Record, initialise
 
 TYPE_CHECKING = False  # typing is slow to import; only mypy needs it here
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     import libcst as cst
 
     from ._environment import Environment
+    from ._errors import H2FixError
     from ._results import FixOutcome
 
     #: A fix takes a parsed module and returns it (changed or not) with its outcome.
@@ -111,22 +113,29 @@ def select(names: Iterable[str] | None) -> tuple[Fix, ...]:
     """
     if names is None:
         return FIXES
-    by_name = {fix.name: fix for fix in FIXES}
+    given: list[object] | None = None
+    if not isinstance(names, (str, bytes)):  # a string would be read as 't', 'r', ...
+        with contextlib.suppress(TypeError):
+            given = list(names)
+    known = [fix.name for fix in FIXES]
+    if given and all(isinstance(name, str) and name in known for name in given):
+        return tuple(fix for fix in FIXES if fix.name in given)
+    raise _selection_error(names, given, known)
+
+
+def _selection_error(names: object, given: list[object] | None, known: list[str]) -> H2FixError:
+    """Why `names` selects no fix. The errors are imported only now: a warm apply()
+    raises none of them, and loading them costs (see _targets)."""
+    from ._errors import ArgumentTypeError, NoFixSelectedError, UnknownFixError
+
     expected = "None or a list of fix names such as ['trailers']"
     if isinstance(names, (str, bytes)):
-        # A string is iterable: without this, "trailers" would be read as 't', 'r', ...
-        raise ArgumentTypeError("fixes", expected, names, f"write [{names!r}]")
-    try:
-        given = list(names)
-    except TypeError:
-        raise ArgumentTypeError("fixes", expected, names) from None
-    wanted = set()
+        return ArgumentTypeError("fixes", expected, names, f"write [{names!r}]")
+    if given is None:
+        return ArgumentTypeError("fixes", expected, names)
     for name in given:
         if not isinstance(name, str):
-            raise ArgumentTypeError("each of fixes", "a fix name (str)", name)
-        if name not in by_name:
-            raise UnknownFixError(name, list(by_name))
-        wanted.add(name)
-    if not wanted:
-        raise NoFixSelectedError(list(by_name))
-    return tuple(fix for fix in FIXES if fix.name in wanted)
+            return ArgumentTypeError("each of fixes", "a fix name (str)", name)
+        if name not in known:
+            return UnknownFixError(name, known)
+    return NoFixSelectedError(known)

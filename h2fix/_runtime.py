@@ -23,11 +23,9 @@ from collections import Counter
 from . import _live
 from . import _registry as _fixes
 from ._environment import Environment
-from ._errors import H2FixError, TargetNotFoundError
 from ._live import Slot
 from ._prepare import patched_filename, prepare
-from ._record import Record, initialise, replace
-from ._results import FixOutcome, Outcome, Report
+from ._results import FixOutcome, Outcome, Record, Report, initialise, replace
 from ._targets import get_target, import_failure, locate
 
 TYPE_CHECKING = False
@@ -35,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from typing import Any
 
+    from ._errors import H2FixError
     from ._prepare import Prepared
     from ._targets import Located
 
@@ -155,8 +154,8 @@ def status(
     with _lock:
         try:
             located = locate(target)
-        except TargetNotFoundError:
-            if missing_ok:
+        except ImportError as error:
+            if missing_ok and _is_not_installed(error):
                 return _not_installed(target, wanted)
             raise
         state = _applied.get(target)
@@ -181,6 +180,8 @@ def _dry_run(prepared: Prepared, located: Located, state: _Applied | None) -> H2
     """Why apply() would refuse to swap `prepared` in, from the live objects, or None."""
     if not prepared.new_code:
         return None
+    from ._errors import H2FixError
+
     try:
         # Already imported: locate() imports the package, whose __init__ imports it.
         module = _import(located)
@@ -248,8 +249,8 @@ def _apply(target: str, wanted: frozenset[str], strict: bool, missing_ok: bool) 
     try:
         held = holds.wanted() if holds else frozenset()
         located, outcomes = _install(target, wanted | held, strict)
-    except TargetNotFoundError:
-        if missing_ok:
+    except ImportError as error:
+        if missing_ok and _is_not_installed(error):
             return _not_installed(target, wanted)
         raise
     return _report(located, [o for o in outcomes if o.fix in wanted])
@@ -381,6 +382,13 @@ def _report(located: Located, outcomes: Iterable[FixOutcome]) -> Report:
         file=located.file,
         fixes=tuple(outcomes),
     )
+
+
+def _is_not_installed(error: ImportError) -> bool:
+    # Imported here: a warm apply() raises no error, and loading them costs (see _targets).
+    from ._errors import TargetNotFoundError
+
+    return isinstance(error, TargetNotFoundError)
 
 
 def _not_installed(target: str, wanted: frozenset[str]) -> Report:

@@ -14,7 +14,9 @@ import errno
 import os
 import stat
 
-from ._errors import H2FixError
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._errors import UnsafeLocationError
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -33,14 +35,11 @@ SUPPORTED = (
 )
 
 
-class UnsafeLocationError(H2FixError):
-    """A directory or file on the way to the cache could be changed by another user."""
+def _unsafe(path: str, expected: str, found: str) -> UnsafeLocationError:
+    # Imported here: a warm apply() raises no error, and loading them costs (see _targets).
+    from ._errors import UnsafeLocationError
 
-    def __init__(self, path: str, expected: str, found: str) -> None:
-        self.path = path
-        self.expected = expected
-        self.found = found
-        super().__init__(f"{path}: expected {expected}, found {found}")
+    return UnsafeLocationError(path, expected, found)
 
 
 def open_private_directory(path: str, *, create: bool) -> int:
@@ -53,7 +52,7 @@ def open_private_directory(path: str, *, create: bool) -> int:
     one by one, mode 0700 (the umask can only take bits away), and checked as well.
     """
     if not os.path.isabs(path):
-        raise UnsafeLocationError(path, "an absolute path", "a relative one")
+        raise _unsafe(path, "an absolute path", "a relative one")
     uid = os.geteuid()
     pending = _components(path)
     chain = [(os.open("/", _TRAVERSE | _DIRECTORY | _CLOEXEC), "/")]
@@ -73,9 +72,7 @@ def open_private_directory(path: str, *, create: bool) -> int:
             except _SymbolicLink as link:
                 links += 1
                 if links > _MAX_SYMLINKS:
-                    raise UnsafeLocationError(
-                        path, f"at most {_MAX_SYMLINKS} symbolic links", "more"
-                    ) from None
+                    raise _unsafe(path, f"at most {_MAX_SYMLINKS} symbolic links", "more") from None
                 if os.path.isabs(link.target):
                     while len(chain) > 1:
                         os.close(chain.pop()[0])
@@ -108,7 +105,7 @@ def open_private_file(name: str, directory: int, flags: int, where: str) -> tupl
         info = os.fstat(fd)
         path = os.path.join(where, name)
         if not stat.S_ISREG(info.st_mode):
-            raise UnsafeLocationError(path, "a regular file", _kind(info.st_mode))
+            raise _unsafe(path, "a regular file", _kind(info.st_mode))
         _expect_private(info, path, os.geteuid())
     except BaseException:
         os.close(fd)
@@ -146,12 +143,12 @@ def _open_directory_no_follow(name: str, parent: int, here: str) -> int:
 def _trusted_link_target(name: str, parent: int, here: str) -> str:
     info = os.stat(name, dir_fd=parent, follow_symlinks=False)
     if not stat.S_ISLNK(info.st_mode):
-        raise UnsafeLocationError(here, "a directory", _kind(info.st_mode))
+        raise _unsafe(here, "a directory", _kind(info.st_mode))
     uid = os.geteuid()
     # The directory holding the link is already known safe, but a sticky one (/tmp)
     # lets anyone add entries: only the owner of the link says who chose its target.
     if info.st_uid not in (0, uid):
-        raise UnsafeLocationError(
+        raise _unsafe(
             here, f"a symbolic link owned by {_you(uid)}", f"one owned by uid {info.st_uid}"
         )
     return os.readlink(name, dir_fd=parent)
@@ -159,13 +156,11 @@ def _trusted_link_target(name: str, parent: int, here: str) -> str:
 
 def _expect_safe_ancestor(info: os.stat_result, path: str, uid: int) -> None:
     if not stat.S_ISDIR(info.st_mode):
-        raise UnsafeLocationError(path, "a directory", _kind(info.st_mode))
+        raise _unsafe(path, "a directory", _kind(info.st_mode))
     if info.st_uid not in (0, uid):
-        raise UnsafeLocationError(
-            path, f"a directory owned by {_you(uid)}", f"one owned by uid {info.st_uid}"
-        )
+        raise _unsafe(path, f"a directory owned by {_you(uid)}", f"one owned by uid {info.st_uid}")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
-        raise UnsafeLocationError(
+        raise _unsafe(
             path,
             "a directory not writable by group or others (or sticky, like /tmp)",
             f"mode {stat.filemode(info.st_mode)}: writable by group or others",
@@ -174,9 +169,9 @@ def _expect_safe_ancestor(info: os.stat_result, path: str, uid: int) -> None:
 
 def _expect_private(info: os.stat_result, path: str, uid: int) -> None:
     if info.st_uid != uid:
-        raise UnsafeLocationError(path, f"owner uid {uid}", f"owned by uid {info.st_uid}")
+        raise _unsafe(path, f"owner uid {uid}", f"owned by uid {info.st_uid}")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UnsafeLocationError(
+        raise _unsafe(
             path,
             "no write permission for group or others",
             f"mode {stat.filemode(info.st_mode)}: writable by group or others",

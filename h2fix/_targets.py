@@ -6,21 +6,20 @@ import importlib.util
 import os
 import stat
 
-from ._errors import (
-    REINSTALL_ADVICE,
-    ArgumentTypeError,
-    DependencyMissingError,
-    SourceUnavailableError,
-    TargetNotFoundError,
-    UnknownTargetError,
-)
-from ._record import Record, initialise
+from ._results import Record, initialise
+
+# Errors are imported where they are raised: a warm apply() raises none, and loading
+# their classes would cost it about a sixth of its time (scripts/bench_startup.py).
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
-    from ._errors import H2FixError
+    from ._errors import H2FixError, SourceUnavailableError
+
+#: About 50 times a real protocol module; no bigger file is read.
+MAX_CHARACTERS = 1_000_000
+_SIZE_NOTE = "a protocol module is about 15-20 kB"
 
 
 class Target(Record):
@@ -77,11 +76,15 @@ class Located(Record):
 def get_target(name: object) -> Target:
     """The known target called `name`; every public function taking `target` checks it here."""
     if not isinstance(name, str):
+        from ._errors import ArgumentTypeError
+
         expected = f"a target name (str), one of {', '.join(map(repr, TARGETS))}"
         raise ArgumentTypeError("target", expected, name)
     try:
         return TARGETS[name]
     except KeyError:
+        from ._errors import UnknownTargetError
+
         raise UnknownTargetError(name, list(TARGETS)) from None
 
 
@@ -94,9 +97,13 @@ def locate(name: str) -> Located:
     except ImportError as error:
         raise import_failure(target, error) from error
     if spec is None:
+        from ._errors import TargetNotFoundError
+
         raise TargetNotFoundError(target.name, target.module, "no such module")
     origin = spec.origin
     if origin is None or not origin.endswith(".py"):
+        from ._errors import SourceUnavailableError
+
         raise SourceUnavailableError(
             target.module, origin, "only bytecode is installed, there is no .py file"
         )
@@ -106,6 +113,8 @@ def locate(name: str) -> Located:
 def import_failure(target: Target, error: ImportError) -> H2FixError:
     """The error for a failed import of the target: not installed, or installed but
     missing a module it needs (then reinstalling the target is not the answer)."""
+    from ._errors import DependencyMissingError, TargetNotFoundError
+
     own = {target.module.rsplit(".", depth)[0] for depth in range(target.module.count(".") + 1)}
     if error.name is None or error.name in own:
         return TargetNotFoundError(target.name, target.module, str(error))
@@ -137,18 +146,20 @@ def _version(target: Target, origin: str) -> str:
         return "unknown"
 
 
-def read_source(module: str | None, path: str, advice: str | None = REINSTALL_ADVICE) -> str:
+def read_source(module: str | None, path: str, *, advise_reinstall: bool = True) -> str:
     """A Python file's text, decoded as the interpreter would (encoding cookie, BOM).
 
     Only a regular file of plausible size is read: a FIFO or a device (/dev/zero)
-    would block or never end. `module` is None for a file the user named; `advice`
-    ends the message of a SourceUnavailableError.
+    would block or never end. `module` is None for a file the user named; for it,
+    a SourceUnavailableError does not advise reinstalling a package.
     """
 
-    from ._limits import MAX_CHARACTERS, check_size  # deferred: apply() reads no file twice
-
     def unavailable(reason: str) -> SourceUnavailableError:
-        return SourceUnavailableError(module, path, reason, advice)
+        from ._errors import SourceUnavailableError
+
+        if advise_reinstall:
+            return SourceUnavailableError(module, path, reason)
+        return SourceUnavailableError(module, path, reason, advice=None)
 
     try:
         # stat first: opening a FIFO without O_NONBLOCK waits for a writer.
@@ -176,8 +187,6 @@ def read_source(module: str | None, path: str, advice: str | None = REINSTALL_AD
 def _expect_regular(
     info: os.stat_result, path: str, unavailable: Callable[[str], SourceUnavailableError]
 ) -> None:
-    from ._limits import MAX_CHARACTERS, check_size
-
     if not stat.S_ISREG(info.st_mode):
         kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket",
                  stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}  # fmt: skip
@@ -185,3 +194,13 @@ def _expect_regular(
         raise unavailable(f"it is {kind}, not a regular file")
     if info.st_size > MAX_CHARACTERS:
         check_size(info.st_size, "bytes", path)
+
+
+def check_size(length: int, unit: str, where: str | None = None) -> None:
+    """Refuse more than MAX_CHARACTERS (of source, or bytes of a file) as InvalidSourceError."""
+    if length > MAX_CHARACTERS:
+        from ._errors import InvalidSourceError
+
+        raise InvalidSourceError(
+            f"at most {MAX_CHARACTERS:,} {unit} ({_SIZE_NOTE})", f"{length:,} {unit}", where
+        )

@@ -22,7 +22,7 @@ from h2fix import fixes as _fixes
 from h2fix._environment import H2_KEYWORD_EVENTS, H2_NO_ARGUMENT_EVENTS
 from h2fix._errors import H2FixError
 from h2fix._known import H2_VERSION_MARK, digest, edits_between, facts
-from h2fix._record import replace
+from h2fix._results import replace
 from h2fix._rewrite import rewrite_with_libcst
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,20 +10,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import pickle
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 import h2fix
 from h2fix._environment import H2_KEYWORD_EVENTS, Environment
 from h2fix._errors import UnrecognisedStructureError
-from h2fix._record import replace
+from h2fix._results import replace
 
 
-def loaded_after(code: str, *, before: str = "import hypercorn.protocol.h2") -> list[str]:
+def loaded_after(
+    code: str, *, before: str = "import hypercorn.protocol.h2", env: dict[str, str] | None = None
+) -> list[str]:
     """The modules a fresh interpreter has loaded after `before` and then `code`, that it
     had not loaded after `before` alone."""
     script = textwrap.dedent(
@@ -36,7 +40,7 @@ def loaded_after(code: str, *, before: str = "import hypercorn.protocol.h2") -> 
         """
     )
     completed = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
     )
     loaded: list[str] = json.loads(completed.stdout)
     return loaded
@@ -54,6 +58,32 @@ def test_apply_loads_only_the_warm_path() -> None:
     # Needed only to rewrite (cold path) or on first use of a lazy attribute.
     for name in ("h2fix._rewrite", "h2fix._known", "h2fix._known_releases", "h2fix._cli"):
         assert name not in loaded
+
+
+def test_a_warm_apply_loads_no_error_class(tmp_path: Path) -> None:
+    # The errors are imported where they are raised: a warm apply() raises none.
+    # Both processes share one cache directory: the first fills it, the second is warm.
+    env = {**os.environ, "H2FIX_CACHE_DIR": str(tmp_path / "cache"), "H2FIX_NO_CACHE": ""}
+    code = "import h2fix; h2fix.apply(fixes=['trailers'])"
+    loaded_after(code, env=env)
+    loaded = loaded_after(code, env=env)
+    assert "h2fix._runtime" in loaded
+    for name in ("h2fix._errors", "h2fix._limits", "h2fix._rewrite", "h2fix._known"):
+        assert name not in loaded, f"a warm apply() imported {name}"
+
+
+def test_errors_imported_on_demand_are_the_public_classes() -> None:
+    # The same classes whatever module raises them, and every one an H2FixError.
+    with pytest.raises(h2fix.UnknownFixError):
+        h2fix.apply(fixes=["nonexistent"])
+    with pytest.raises(h2fix.ArgumentTypeError):
+        h2fix.apply(fixes="trailers")
+    with pytest.raises(h2fix.NoFixSelectedError):
+        h2fix.apply(fixes=[])
+    with pytest.raises(h2fix.UnknownTargetError):
+        h2fix.apply("uvicorn")
+    with pytest.raises(h2fix.ArgumentTypeError):
+        h2fix.apply(3)  # type: ignore[arg-type]
 
 
 def test_apply_alone_needs_neither_dataclasses_nor_typing() -> None:
