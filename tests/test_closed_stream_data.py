@@ -20,6 +20,7 @@ import pytest
 
 from h2fix._probe import H2Client, Response
 from support.isolated import copy_package
+from support.late_data import WINDOW, answered_early, open_stream, send_body
 from support.releases import unpacked
 from support.servers import WITH_FIX, serving
 from support.versions import needs_anycorn, needs_hypercorn_018
@@ -27,53 +28,10 @@ from support.versions import needs_anycorn, needs_hypercorn_018
 pytestmark = pytest.mark.server
 
 TIMEOUT = 20
-WINDOW = 65_535  # h2's default receive window, per stream and for the connection
 DISCARDED = 3 * WINDOW  # far beyond one connection window of DATA nobody reads
 UPLOAD = 2 * WINDOW
 WORKERS = ["asyncio", "trio"]
 CALLS = 20
-
-
-def open_stream(client: H2Client, path: str) -> int:
-    """HEADERS without END_STREAM: the request body is still to come."""
-    stream_id: int = client.conn.get_next_available_stream_id()
-    headers = [
-        (b":method", b"POST"),
-        (b":scheme", b"http"),
-        (b":authority", b"127.0.0.1"),
-        (b":path", path.encode()),
-    ]
-    client.conn.send_headers(stream_id, headers)
-    client.send()
-    client.responses[stream_id] = Response()
-    return stream_id
-
-
-def send_body(client: H2Client, stream_id: int, data: bytes, deadline: float) -> None:
-    """Send all of `data` and END_STREAM, as flow control allows: a window the server
-    never reopens makes this raise TimeoutError (and a dropped connection, ConnectionError)."""
-    while data:
-        window = min(
-            client.conn.local_flow_control_window(stream_id), client.conn.max_outbound_frame_size
-        )
-        if window > 0:
-            client.conn.send_data(stream_id, data[:window])
-            client.send()
-            data = data[window:]
-        elif time.monotonic() > deadline:
-            raise TimeoutError(f"the server reopened no window: {len(data)} bytes left to send")
-        else:
-            client.pump(0.2)  # reads WINDOW_UPDATE frames
-    client.conn.end_stream(stream_id)
-    client.send()
-
-
-def answered_early(client: H2Client) -> int:
-    """A stream the server has answered in full (413) while its request body is still open."""
-    stream_id = open_stream(client, "/early")
-    [response] = client.wait(stream_id)
-    assert "end" in response.events, response
-    return stream_id
 
 
 def data_after_the_response_then_innocent_call(client: H2Client) -> Response:
