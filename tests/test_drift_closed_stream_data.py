@@ -386,8 +386,8 @@ ack_inside_the_key = replacing(
 
 RECEIVE_DATA = (
     "    async def _receive_data(self, event: h2.events.DataReceived) -> None:\n"
-    + HANDLE_BODY[8:].replace("\n        ", "\n    ")
-    + ACK[8:].replace("\n        ", "\n    ")
+    + HANDLE_BODY[8:].replace("\n        ", "\n")
+    + ACK[8:].replace("\n        ", "\n")
     + "\n"
 )
 handle_in_a_helper = replacing(
