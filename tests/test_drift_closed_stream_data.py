@@ -549,9 +549,6 @@ late_data_filtered_by_caller = replacing(
 
 # --- the corpus --------------------------------------------------------------------------------
 
-#: What a rewrite of a variant must satisfy: (rewritten source -> holds, what it means).
-After = Callable[[str], bool]
-
 
 def changed_in(method: str, *, last: bool = False) -> Callable[[str, str], bool]:
     """The rewrite changed `method` (the definition that runs)."""
