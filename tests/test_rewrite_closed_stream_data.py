@@ -80,6 +80,10 @@ def module(*branches: str, init: str = INIT, receiver: str = "self", after: str 
         "class H2Protocol:\n"
         f"    def __init__({receiver}) -> None:\n"
         f"{textwrap.indent(textwrap.dedent(init), ' ' * 8)}\n"
+        # The caller hands the dispatch what h2 received, whole (the fix proves it).
+        f"    async def handle({receiver}, data):\n"
+        f"        events = {receiver}.connection.receive_data(data)\n"
+        f"        await {receiver}._handle_events(events)\n\n"
         f"    async def _handle_events({receiver}, events):\n"
         "        for event in events:\n"
         f"{textwrap.indent(chain, ' ' * 12)}"
@@ -289,6 +293,104 @@ HANDLE = "await self.streams[event.stream_id].handle(Body(event.data))\n"
 
 # Drifted shapes the fix cannot prove safe: (source, words the refusal must expect)
 REFUSED = {
+    # "Applied" while broken: late DATA that never reaches the branch is never
+    # acknowledged (the connection stalls), whatever the guard does.
+    "events-filtered-before-the-loop": (
+        module(_data(HANDLE + ACK)).replace(
+            "        for event in events:\n",
+            "        events = [e for e in events if e.stream_id in self.streams]\n"
+            "        for event in events:\n",
+        ),
+        "read only by the loop over it",
+    ),
+    "caller-hands-a-slice": (
+        module(_data(HANDLE + ACK)).replace(
+            "await self._handle_events(events)", "await self._handle_events(events[1:])"
+        ),
+        "bound once and read by that call alone",
+    ),
+    "caller-filters-first": (
+        module(_data(HANDLE + ACK)).replace(
+            "        await self._handle_events(events)\n",
+            "        events = [e for e in events if keep(e)]\n"
+            "        await self._handle_events(events)\n",
+        ),
+        "bound once and read by that call alone",
+    ),
+    "dispatch-handed-on-as-a-callback": (
+        module(
+            _data(HANDLE + ACK),
+            after="def later(self, events):\n    self.spawn(self._handle_events, events)\n",
+        ),
+        "every use of _handle_events a call",
+    ),
+    "dispatch-never-called": (
+        module(_data(HANDLE + ACK)).replace("await self._handle_events(events)", "pass"),
+        "a call of _handle_events",
+    ),
+    "events-from-elsewhere": (
+        module(_data(HANDLE + ACK)).replace(
+            "self.connection.receive_data(data)", "self.queue.pop(data)"
+        ),
+        "bound once and read by that call alone",
+    ),
+    # A guard on another key skips a live stream's DATA (its body is lost) or raises.
+    "key-is-not-the-events-stream": (
+        module(_data(HANDLE.replace("event.stream_id", "self.current_id") + ACK)),
+        "keyed by `event.stream_id`",
+    ),
+    "event-rebound-in-the-branch": (
+        module(_data("event = self.latest\n" + HANDLE + ACK)),
+        "`event` not assigned in the branch",
+    ),
+    # `.get()` guards only with its None tested before any use.
+    "get-result-used-untested": (
+        module(
+            _data(
+                "stream = self.streams.get(event.stream_id)\n"
+                "await stream.handle(Body(event.data))\n" + ACK
+            )
+        ),
+        "the name read only under `if <name> is not None:`",
+    ),
+    "get-with-a-default": (
+        module(
+            _data(
+                "stream = self.streams.get(event.stream_id, self.sink)\n"
+                "if stream is not None:\n    await stream.handle(Body(event.data))\n" + ACK
+            )
+        ),
+        "the name read only under `if <name> is not None:`",
+    ),
+    "get-result-used-after-the-test": (
+        module(
+            _data(
+                "stream = self.streams.get(event.stream_id)\n"
+                "if stream is not None:\n    await stream.handle(Body(event.data))\n"
+                + ACK
+                + "stream.touch()\n"
+            )
+        ),
+        "the name read only under `if <name> is not None:`",
+    ),
+    "get-called-on-directly": (
+        module(
+            _data(HANDLE + ACK),
+            "elif isinstance(event, h2.events.StreamEnded):\n"
+            "    await self.streams.get(event.stream_id).handle(EndBody())\n",
+        ),
+        "the name read only under `if <name> is not None:`",
+    ),
+    # A handler that raises again keeps nothing from ending the connection.
+    "except-key-error-raises-again": (
+        module(
+            _data(HANDLE + ACK),
+            "elif isinstance(event, h2.events.StreamEnded):\n"
+            "    try:\n        await self.streams[event.stream_id].handle(EndBody())\n"
+            "    except KeyError:\n        raise\n",
+        ),
+        "as a statement of its own directly in the branch",
+    ),
     "bare-continue-skips-the-ack": (
         module(_data("if event.stream_id not in self.streams:\n    continue\n" + HANDLE + ACK)),
         "no continue/break/return/raise before acknowledge_received_data",

@@ -48,16 +48,20 @@ from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
 from ._live_method import (
     Branch,
+    Live,
     LiveMethods,
     Refusal,
     branch_code,
     class_name,
     find_branches,
     names_any,
+    parameters,
     writes,
 )
 from ._syntax import (
     base_classes,
+    bindings_of,
+    bound_names,
     constructs,
     dotted,
     identifier,
@@ -70,7 +74,7 @@ from ._syntax import (
     statement_expression,
     subclasses,
 )
-from ._tree import children, transform, walk
+from ._tree import children, transform, walk, walk_with_ancestors
 
 NAME = "closed_stream_data"
 
@@ -81,6 +85,8 @@ CLIENT_HALF_EVENTS = (DATA, "StreamEnded", "TrailersReceived")
 _ACKNOWLEDGE = "acknowledge_received_data"
 #: Exceptions whose handler already keeps a missing stream from escaping.
 _CATCHES_KEY_ERROR = ("KeyError", "LookupError", "Exception", "BaseException")
+#: What h2 hands the server's events in: the one call whose result the dispatch must see whole.
+_RECEIVE = "receive_data"
 
 _Lookup = Union[cst.Subscript, cst.Call]
 
@@ -108,28 +114,202 @@ class _Proof:
         self.live = LiveMethods(module, "the protocol object whose streams the guard tests")
         # Walking a class's methods is the costly part: once per class.
         self._assigned: dict[int, list[tuple[str, cst.BaseExpression]]] = {}
+        #: Dispatch methods whose every caller is proven to hand them h2's events.
+        self._reach_proven: set[int] = set()
 
     def guard(self, branch: Branch) -> _Guard | None:
         """What to guard in `branch`, or None when every lookup is already guarded."""
         live = self.live.prove(branch)
         cls, receiver = live.cls, live.receiver
         self.live.first_arm_for_the_event(branch)
+        subject = self.subject_is_a_plain_name(branch)
         body = self.body_on_own_lines(branch)
+        self.subject_not_rebound(body, subject)
         lookups = self.looks_the_stream_up(body, receiver)
         for node, _ in lookups:
             self.streams_is_a_dict(cls, _dict_attribute(node, receiver))
+            if isinstance(node, cst.Call):
+                self.get_result_tested_for_none(live.method, body, node)
         if branch.event == DATA:
-            self.acknowledged_on_h2_connection(cls, body, receiver, branch.subject or "<event>")
-        self.event_goes_nowhere_else(body, [node for node, _ in lookups], branch.subject, receiver)
+            self.acknowledged_on_h2_connection(cls, body, receiver, subject)
+        self.event_goes_nowhere_else(body, [node for node, _ in lookups], subject, receiver)
+        self.events_reach_the_dispatch(branch, live)
         unguarded = [node for node, guarded in lookups if not guarded]
         if not unguarded:
             return None  # fixed upstream: leave it byte for byte
         lookup = self.one_unguarded_subscript(unguarded)
         index = self.lookup_is_a_statement(body, lookup)
         key = self.key_is_pure(lookup)
+        self.key_is_the_events_stream(key, subject)
         return _Guard(body, index, lookup, key)
 
     # Each check: one obligation, its refusal beside it.
+
+    def subject_is_a_plain_name(self, branch: Branch) -> str:
+        """The event the branch tests is a local name (an attribute may change under an await)."""
+        subject = branch.subject
+        if subject is None or "." in subject:
+            raise Refusal("`isinstance(<name>, ...)` on a plain name, the loop's event")
+        return subject
+
+    def subject_not_rebound(self, body: cst.IndentedBlock, subject: str) -> None:
+        """Inside the branch the event's name still names the event tested, so that
+        `<event>.stream_id` is its stream."""
+        if subject in bound_names(body):
+            raise Refusal(
+                f"`{subject}` not assigned in the branch (it must stay the event tested)",
+                f"{subject} bound in the branch",
+            )
+
+    def events_reach_the_dispatch(self, branch: Branch, live: Live) -> None:
+        """Every event h2 reports reaches the branch: the dispatch loops over a parameter
+        of its method that nothing else in the method touches, and every call of the
+        method hands it what `<connection>.receive_data()` returned, untouched. Events
+        dropped on the way (a list filtered before the loop, or by the caller) never reach
+        the branch, so their DATA is never acknowledged: the connection stalls whatever
+        the guard does, and "repaired" would be untrue."""
+        method = live.method
+        if id(method) in self._reach_proven:
+            return
+        name = identifier(method.name)
+        loop = next((n for n in reversed(branch.ancestors) if isinstance(n, cst.For)), None)
+        if (
+            loop is None
+            or dotted(loop.target) != branch.subject
+            or not isinstance(loop.iter, cst.Name)
+            or identifier(loop.iter) not in parameters(method)
+        ):
+            found = "" if loop is None else self.module.code_for_node(loop.target)
+            raise Refusal(
+                f"the branch in a `for {branch.subject} in <events>:` loop over a parameter "
+                f"of {name}",
+                f"for {found} in {self.module.code_for_node(loop.iter)}" if loop else "no loop",
+            )
+        events = identifier(loop.iter)
+        if len(_name_uses(method.body, events)) != 1:
+            raise Refusal(
+                f"`{events}` read only by the loop over it in {name} (the dispatch must see "
+                "every event h2 reports)",
+                f"{events} used or bound {len(_name_uses(method.body, events))} times",
+            )
+        callers = 0
+        for node, ancestors in walk_with_ancestors(self.module):
+            if not (isinstance(node, cst.Name) and identifier(node) == name):
+                continue
+            parent = ancestors[-1] if ancestors else None
+            if parent is method:
+                continue  # the definition itself
+            self.hands_it_what_h2_received(live, node, list(ancestors))
+            callers += 1
+        if not callers:
+            raise Refusal(f"a call of {name} with the events `.{_RECEIVE}()` returned", "none")
+        self._reach_proven.add(id(method))
+
+    def hands_it_what_h2_received(
+        self, live: Live, name: cst.Name, ancestors: list[cst.CSTNode]
+    ) -> None:
+        """One reference to the dispatch method: `[await] <self>.<method>(<events>)` in a
+        method of the same class, where `<events>` is bound once, to
+        `<self>.<h2 connection>.receive_data(...)`, and read only by this call."""
+        method_name = identifier(live.method.name)
+        expected = (
+            f"every use of {method_name} a call `<self>.{method_name}(<events>)` in a method "
+            f"of {identifier(live.cls.name)}, with `<events> = <self>.<connection>."
+            f"{_RECEIVE}(...)` bound once and read by that call alone"
+        )
+        attribute = ancestors[-1] if ancestors else None
+        call = ancestors[-2] if len(ancestors) > 1 else None
+        functions = [n for n in ancestors if isinstance(n, cst.FunctionDef)]
+        caller = functions[-1] if functions else None
+        statement = next(
+            (n for n in reversed(ancestors) if isinstance(n, cst.SimpleStatementLine)), name
+        )
+        found = self.module.code_for_node(statement).strip()
+        if (
+            not isinstance(attribute, cst.Attribute)
+            or attribute.attr is not name
+            or not isinstance(call, cst.Call)
+            or call.func is not attribute
+            or caller is None
+            or not any(n is caller for n in live.cls.body.body)
+            or dotted(attribute.value) != live.receiver
+            or len(call.args) != 1
+            or call.args[0].keyword is not None
+            or call.args[0].star
+            or not isinstance(call.args[0].value, cst.Name)
+        ):
+            raise Refusal(expected, found)
+        events = identifier(call.args[0].value)
+        received = [
+            node.value
+            for node in walk(caller.body)
+            if isinstance(node, cst.Assign)
+            and len(node.targets) == 1
+            and dotted(node.targets[0].target) == events
+        ]
+        value = received[0] if len(received) == 1 else None
+        receive = method_call(value) if value is not None else None
+        connection = (
+            self_attribute(receive[0], live.receiver)
+            if receive is not None and receive[1] == _RECEIVE
+            else None
+        )
+        if (
+            connection is None
+            or bindings_of(caller.body).count(events) != 1
+            or len(_name_uses(caller.body, events)) != 2  # the assignment and this call
+            or events in parameters(caller)
+        ):
+            raise Refusal(expected, found)
+        self.live.h2_connection(live.cls, connection)
+
+    def get_result_tested_for_none(
+        self, method: cst.FunctionDef, body: cst.IndentedBlock, get: cst.Call
+    ) -> None:
+        """A `.get()` lookup guards only when its None is tested before any use:
+        `<stream> = <self>.<streams>.get(<key>)` directly in the branch, then `<stream>`
+        read only under `if <stream> is not None:` (or `if <stream>:`), nowhere else in
+        the method. `None.handle(...)` raises AttributeError, as fatal as the KeyError."""
+        expected = (
+            "a `.get(<key>)` lookup assigned to a name directly in the branch, the name read "
+            "only under `if <name> is not None:` after it"
+        )
+        index = next(i for i, st in enumerate(body.body) if any(n is get for n in walk(st)))
+        statement = body.body[index]
+        found = self.module.code_for_node(statement).strip()
+        target = None
+        if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
+            assign = statement.body[0]
+            if (
+                isinstance(assign, cst.Assign)
+                and assign.value is get
+                and len(assign.targets) == 1
+                and isinstance(assign.targets[0].target, cst.Name)
+            ):
+                target = identifier(assign.targets[0].target)
+        if target is None or len(get.args) != 1 or get.args[0].keyword or get.args[0].star:
+            raise Refusal(expected, found)
+        tests = [
+            st
+            for st in body.body[index + 1 :]
+            if isinstance(st, cst.If) and _tests_not_none(st.test, target) and st.orelse is None
+        ]
+        tested = sum(len(_name_uses(st, target)) for st in tests)
+        if (
+            bindings_of(method.body).count(target) != 1
+            or len(_name_uses(method.body, target)) != 1 + tested
+            or any(target in bound_names(st.body) for st in tests)
+        ):
+            raise Refusal(expected, found)
+
+    def key_is_the_events_stream(self, key: cst.BaseExpression, subject: str) -> None:
+        """The guard tests the event's own stream: on another key (an attribute, a local
+        set by an earlier event) it would skip DATA of a live stream, or raise itself."""
+        if dotted(key) != f"{subject}.stream_id":
+            raise Refusal(
+                f"the lookup keyed by `{subject}.stream_id` (the event's own stream)",
+                self.module.code_for_node(key),
+            )
 
     def event_goes_nowhere_else(
         self, body: cst.IndentedBlock, lookups: list[_Lookup], subject: str | None, receiver: str
@@ -402,14 +582,57 @@ def _membership(test: cst.BaseExpression) -> tuple[str, str] | None:
 
 
 def _catches_key_error(node: cst.Try) -> bool:
+    """A handler that takes a KeyError and lets the loop go on: one that raises again,
+    returns or breaks (dropping the batch's other events) keeps nothing from ending."""
     for handler in node.handlers:
         caught = handler.type
+        if _leaves(handler.body):
+            continue
         if caught is None:
             return True
         elements = caught.elements if isinstance(caught, cst.Tuple) else [cst.Element(caught)]
         if any(class_name(element.value) in _CATCHES_KEY_ERROR for element in elements):
             return True
     return False
+
+
+def _leaves(node: cst.CSTNode) -> bool:
+    """A raise, return or break in `node`, outside functions and classes it defines."""
+    if isinstance(node, (cst.Raise, cst.Return, cst.Break)):
+        return True
+    if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+        return False
+    return any(_leaves(child) for child in children(node))
+
+
+def _name_uses(node: cst.CSTNode, name: str) -> list[cst.Name]:
+    """Every `Name` node spelling `name` under `node` that is a variable, bound or read
+    (not an attribute, a keyword argument or a definition's own name)."""
+    skipped: set[int] = set()
+    found: list[cst.Name] = []
+    for child in walk(node):
+        if isinstance(child, cst.Attribute):
+            skipped.add(id(child.attr))
+        elif isinstance(child, cst.Arg) and child.keyword is not None:
+            skipped.add(id(child.keyword))
+        elif isinstance(child, cst.Name) and id(child) not in skipped and identifier(child) == name:
+            found.append(child)
+    return found
+
+
+def _tests_not_none(test: cst.BaseExpression, name: str) -> bool:
+    """`<name> is not None` or `<name>` itself."""
+    if isinstance(test, cst.Name):
+        return identifier(test) == name
+    return (
+        isinstance(test, cst.Comparison)
+        and len(test.comparisons) == 1
+        and isinstance(test.comparisons[0].operator, cst.IsNot)
+        and isinstance(test.left, cst.Name)
+        and identifier(test.left) == name
+        and isinstance(test.comparisons[0].comparator, cst.Name)
+        and identifier(test.comparisons[0].comparator) == "None"
+    )
 
 
 def _suppresses_key_error(node: cst.With) -> bool:
