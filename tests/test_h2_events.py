@@ -4,27 +4,14 @@ the HTTP/1.1 `Upgrade: h2c` path (real curl) and server push (the h2 library as 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from h2fix._probe import H2Client
+from support.clients import curl_h2c, pushed_responses
 from support.servers import serving
 
 pytestmark = pytest.mark.server
-
-CURL = shutil.which("curl")
-
-
-def curl_h2c(port: int) -> subprocess.CompletedProcess[str]:
-    assert CURL, "curl is needed: .ci/run installs it"
-    return subprocess.run(
-        [CURL, "--http2", "-sS", "--max-time", "10", "-w", " HTTP/%{http_version}",
-         f"http://127.0.0.1:{port}/hello"],
-        capture_output=True, text=True, check=False, timeout=30,
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
@@ -55,13 +42,6 @@ def test_curl_h2c_upgrade_fails_on_stock_server_with_this_h2(tmp_path: Path) -> 
 )
 def test_server_push_is_received(tmp_path: Path, target: str, worker_class: str) -> None:
     with serving(tmp_path, target, worker_class) as port:
-        client = H2Client(port)
-        try:
-            stream_id = client.start("/push", b"", grpc=False)
-            [response] = client.wait(stream_id)
-            [pushed_id] = client.pushed[stream_id]
-            [pushed] = client.wait(pushed_id)
-        finally:
-            client.close()
+        response, pushed = pushed_responses(port)
     assert (response.headers[b":status"], response.body) == (b"200", b"pushed")
     assert (pushed.headers[b":status"], pushed.body) == (b"200", b"hello")
