@@ -12,8 +12,11 @@ is read from the installed h2 (the `Environment`), never from version numbers.
     event.headers = headers                    )
 
 Proven before rewriting: the call is h2's own `RequestReceived` (the module
-imports it from h2), and no value moved across the construction refers to the
-event itself, so evaluating it before or after the construction is the same.
+imports it from h2, and binds the name it is called by nowhere else, no function
+included), no alias hides a construction from the fix, no subclass relying on
+h2's constructor is built in a form the installed h2 rejects, and no value moved
+across the construction refers to the event itself, so evaluating it before or
+after the construction is the same.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
 from ._scopes import ScopeTracker
 from ._syntax import (
+    bindings_of,
     dotted,
     identifier,
+    imported_as,
     imports_name,
     imports_package,
     keyword,
@@ -39,6 +44,7 @@ from ._syntax import (
 from ._tree import may_hold_blocks, transform
 
 NAME = "request_received"
+EVENT = "RequestReceived"
 
 
 def _is_construction(node: cst.CSTNode) -> bool:
@@ -76,6 +82,12 @@ class _Transformer(ScopeTracker):
         self.required = environment.request_received_required
         self.keywords = bool(self.parameters)
         self.bindings = module_bindings(module)
+        #: Each binding of a name anywhere in the module, functions and their parameters
+        #: included.
+        self.every_binding = bindings_of(module) + [
+            identifier(node.name) for node in walk(module) if isinstance(node, cst.Param)
+        ]
+        self.subclasses = _subclasses_without_init(module)
         self.seen = 0
         self.changed: dict[str, None] = {}  # qualnames, in order
 
@@ -92,6 +104,7 @@ class _Transformer(ScopeTracker):
         while index < len(statements):
             statement = statements[index]
             index += 1
+            self._expect_no_rejected_subclass(statement)
             found = _assigned_construction(statement)
             if found is None:
                 if isinstance(statement, cst.SimpleStatementLine) and any(
@@ -119,10 +132,21 @@ class _Transformer(ScopeTracker):
         """The class called is h2.events.RequestReceived, as the module's imports show."""
         name = dotted(call.func) or ""
         if name == "h2.events.RequestReceived":
+            # Every binding of `h2` anywhere (a local `h2 = legacy` in the method included)
+            # is a plain `import h2...`: then the call reaches h2's own class.
+            imports = [
+                alias
+                for node in walk(self.module)
+                if isinstance(node, cst.Import)
+                for alias in node.names
+                if imported_as(alias) == "h2"
+            ]
             proven = all(imports_package(node, "h2") for node in self.bindings.get("h2", [None]))
+            proven = proven and self.every_binding.count("h2") == len(imports)
         elif "." not in name:
             [binding, *more] = self.bindings.get(name, [None])
-            proven = not more and imports_name(binding, "h2.events", "RequestReceived", name)
+            proven = not more and imports_name(binding, "h2.events", EVENT, name)
+            proven = proven and self.every_binding.count(name) == 1
         else:
             proven = False
         if not proven:
@@ -131,6 +155,28 @@ class _Transformer(ScopeTracker):
                 "`from h2.events import RequestReceived`)",
                 statement,
             )
+
+    def _expect_no_rejected_subclass(self, statement: cst.BaseStatement) -> None:
+        """A module class deriving from RequestReceived without an `__init__` of its own
+        takes h2's constructor: built in the form the installed h2 rejects, it raises the
+        TypeError this fix is about, and the fix does not rewrite it."""
+        if not self.subclasses or not isinstance(statement, cst.SimpleStatementLine):
+            return
+        for node in walk(statement):
+            if not (isinstance(node, cst.Call) and dotted(node.func) in self.subclasses):
+                continue
+            keywords = {keyword(arg) for arg in node.args}
+            accepted = (
+                None not in keywords and set(self.required) <= keywords
+                if self.keywords
+                else not node.args
+            )
+            if not accepted:
+                self._refuse(
+                    f"no subclass of {EVENT} without an __init__ of its own built the way "
+                    "the installed h2 rejects (the fix rewrites only h2's own class)",
+                    statement,
+                )
 
     def _with_keywords(
         self, statement: cst.SimpleStatementLine, following: Sequence[cst.BaseStatement]
@@ -234,9 +280,56 @@ def _attribute_assignment(
     return None
 
 
+def _subclasses_without_init(module: cst.Module) -> set[str]:
+    """Names of the module's classes that derive from RequestReceived (h2's or a class
+    deriving from it here) and define no `__init__`: they are built by h2's constructor."""
+    classes = [node for node in walk(module) if isinstance(node, cst.ClassDef)]
+    derived: set[str] = set()
+    without_init: set[str] = set()
+    grown = True
+    while grown:
+        grown = False
+        for cls in classes:
+            name = identifier(cls.name)
+            bases = {(dotted(base.value) or "").rsplit(".", 1)[-1] for base in cls.bases}
+            if name not in derived and (EVENT in bases or bases & derived):
+                derived.add(name)
+                grown = True
+                if not any(
+                    isinstance(s, cst.FunctionDef) and identifier(s.name) in ("__init__", "__new__")
+                    for s in cls.body.body
+                ):
+                    without_init.add(name)
+    return without_init
+
+
+def _alias(module: cst.Module) -> cst.CSTNode | None:
+    """A binding of h2's RequestReceived under another name (`from h2.events import
+    RequestReceived as Received`, `Received = h2.events.RequestReceived`): calls of the
+    alias are constructions the fix would not see."""
+    for node in walk(module):
+        if isinstance(node, cst.ImportFrom) and not isinstance(node.names, cst.ImportStar):
+            for alias in node.names:
+                if dotted(alias.name) == EVENT and imported_as(alias) != EVENT:
+                    return node
+        elif isinstance(node, (cst.Assign, cst.AnnAssign)) and node.value is not None:
+            value = dotted(node.value)
+            if value is not None and value.rsplit(".", 1)[-1] == EVENT:
+                return node
+    return None
+
+
 def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
     if environment.request_received_parameters is None:
         return tree, FixOutcome(NAME, Outcome.NOT_NEEDED, "h2 is not installed")
+    alias = _alias(tree)
+    if alias is not None:
+        raise UnrecognisedStructureError(
+            NAME,
+            "<module>",
+            f"{EVENT} called by its own name (an alias hides its constructions from the fix)",
+            tree.code_for_node(alias).strip(),
+        )
     transformer = _Transformer(tree, environment)
     new_tree = transform(tree, transformer)
     h2 = f"h2 {environment.h2_version}"
