@@ -359,8 +359,9 @@ def test_grpclib_many_calls_on_one_connection(servers: Servers, release: Release
 def test_grpclib_calls_after_deadlines_and_cancels(servers: Servers, release: Release) -> None:
     """Calls the client gives up on (deadlines, and every tenth cancelled) reset their
     streams while the handler still works; calls after them on the same connection
-    succeed. (Stock 0.18.0 and anycorn 0.20.1 release the state of these resets: grpclib
-    resets before the response starts, so they are not served here.)"""
+    succeed. Not served on 0.18.0 and anycorn 0.20.1: measured with 1,050 such calls under
+    trio, before and after the response started, their stock servers stayed healthy (on
+    StreamReset they unblock the stream, and the send task's next visit releases it)."""
     served = servers.get(release, *NO_LIMIT)
     given_up = 1050  # past the 1,000 send states, had resets kept theirs
 
