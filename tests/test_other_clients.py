@@ -61,7 +61,8 @@ ROUNDS_017 = (1, 2)
 FAULT_MARKERS = ("Traceback", "KeyError", "TooManyStreamsError", "Exception in", "Error in ASGI")
 # Fault 3 (the keep-alive request limit) has tests of its own below: the gRPC tests lift it,
 # or the 1,001st call would meet it (and grpclib, like Python's h2, drops every call in flight
-# on any GOAWAY, the repaired server's "open no new streams" included: see docs-draft).
+# on any GOAWAY, the repaired server's "open no new streams" included: README, Clients
+# tested).
 NO_LIMIT = ("--keep-alive-max-requests", "1000000")
 LIMIT = 10
 
@@ -298,10 +299,9 @@ def held_send_state(port: int) -> set[tuple[int, int]]:
 LEAKING_TRIO = rows(HYPERCORN_0173_TRIO, HYPERCORN_0180_TRIO, ANYCORN_0201_TRIO)
 
 
-async def many_calls(port: int) -> tuple[Counter[str], bool]:
-    """MANY Echo calls, IN_FLIGHT at a time, on one grpclib channel: how they ended, and
-    whether one connection carried them all. Returns with the connection still open."""
-    channel = Channel("127.0.0.1", port, codec=RawBytes())
+async def many_calls(channel: Channel) -> tuple[Counter[str], bool]:
+    """MANY Echo calls, IN_FLIGHT at a time, on the channel: how they ended, and whether
+    one connection carried them all."""
     first = await channel.__connect__()
     gate = asyncio.Semaphore(IN_FLIGHT)
 
@@ -318,11 +318,7 @@ async def many_calls(port: int) -> tuple[Counter[str], bool]:
         same = (await channel.__connect__()) is first
     except OSError:  # the server is gone: assert_healthy says why
         same = False
-    OPEN_CHANNELS.append(channel)
     return outcomes, same
-
-
-OPEN_CHANNELS: list[Channel] = []
 
 
 @pytest.mark.parametrize("release", LEAKING_TRIO)
@@ -337,14 +333,15 @@ def test_grpclib_many_calls_on_one_connection(servers: Servers, release: Release
     served = servers.get(release, *NO_LIMIT, "--inspect")
 
     async def round_of(connections: int) -> tuple[list[tuple[Counter[str], bool]], Any]:
+        channels = [Channel("127.0.0.1", served.port, codec=RawBytes()) for _ in range(connections)]
         try:
-            rounds = await asyncio.gather(*(many_calls(served.port) for _ in range(connections)))
+            rounds = await asyncio.gather(*map(many_calls, channels))
             # Read while the connections are still open (a closed one is not reported).
             loop = asyncio.get_running_loop()
             return rounds, await loop.run_in_executor(None, held_send_state, served.port)
         finally:
-            while OPEN_CHANNELS:
-                OPEN_CHANNELS.pop().close()
+            for channel in channels:
+                channel.close()
 
     for connections in ROUNDS_017 if release.version is None else ROUNDS:
         results, held = asyncio.run(round_of(connections))
