@@ -301,7 +301,7 @@ REFUSED = {
             "        events = [e for e in events if e.stream_id in self.streams]\n"
             "        for event in events:\n",
         ),
-        "read only by the loop over it",
+        "only looped over in _handle_events",
     ),
     "caller-hands-a-slice": (
         module(_data(HANDLE + ACK)).replace(

@@ -64,6 +64,7 @@ from ._syntax import (
     bound_names,
     constructs,
     dotted,
+    first_parameter,
     identifier,
     is_pure,
     keyword,
@@ -186,11 +187,12 @@ class _Proof:
                 f"for {found} in {self.module.code_for_node(loop.iter)}" if loop else "no loop",
             )
         events = identifier(loop.iter)
-        if len(_name_uses(method.body, events)) != 1:
+        other = _touches(method.body, events, loop.iter)
+        if other is not None:
             raise Refusal(
-                f"`{events}` read only by the loop over it in {name} (the dispatch must see "
-                "every event h2 reports)",
-                f"{events} used or bound {len(_name_uses(method.body, events))} times",
+                f"`{events}` only looped over in {name}, or tested (`if not {events}:`, "
+                f"`len({events})`): the dispatch must see every event h2 reports",
+                self.module.code_for_node(other).strip(),
             )
         callers = 0
         for node, ancestors in walk_with_ancestors(self.module):
@@ -221,6 +223,7 @@ class _Proof:
         call = ancestors[-2] if len(ancestors) > 1 else None
         functions = [n for n in ancestors if isinstance(n, cst.FunctionDef)]
         caller = functions[-1] if functions else None
+        receiver = first_parameter(caller) if caller is not None else None
         statement = next(
             (n for n in reversed(ancestors) if isinstance(n, cst.SimpleStatementLine)), name
         )
@@ -232,7 +235,8 @@ class _Proof:
             or call.func is not attribute
             or caller is None
             or not any(n is caller for n in live.cls.body.body)
-            or dotted(attribute.value) != live.receiver
+            or receiver is None
+            or dotted(attribute.value) != receiver
             or len(call.args) != 1
             or call.args[0].keyword is not None
             or call.args[0].star
@@ -250,7 +254,7 @@ class _Proof:
         value = received[0] if len(received) == 1 else None
         receive = method_call(value) if value is not None else None
         connection = (
-            self_attribute(receive[0], live.receiver)
+            self_attribute(receive[0], receiver)
             if receive is not None and receive[1] == _RECEIVE
             else None
         )
@@ -618,6 +622,40 @@ def _name_uses(node: cst.CSTNode, name: str) -> list[cst.Name]:
         elif isinstance(child, cst.Name) and id(child) not in skipped and identifier(child) == name:
             found.append(child)
     return found
+
+
+def _touches(node: cst.CSTNode, name: str, allowed: cst.Name) -> cst.CSTNode | None:
+    """A use of the variable `name` under `node` other than `allowed` and a plain test of
+    its size (`if not <name>:`, `if <name>:`, `len(<name>)`): one that may rebind, filter
+    or mutate it. Returns the enclosing node of the first such use, or None."""
+    harmless: set[int] = {id(allowed)}
+    for child in walk(node):
+        if isinstance(child, (cst.If, cst.While)):
+            test = child.test
+            if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+                test = test.expression
+            if isinstance(test, cst.Name):
+                harmless.add(id(test))
+        elif (
+            isinstance(child, cst.Call)
+            and dotted(child.func) == "len"
+            and len(child.args) == 1
+            and isinstance(child.args[0].value, cst.Name)
+        ):
+            harmless.add(id(child.args[0].value))
+    for use in _name_uses(node, name):
+        if id(use) not in harmless:
+            return next(
+                (
+                    statement
+                    for statement in walk(node)
+                    if isinstance(statement, (cst.SimpleStatementLine, cst.BaseCompoundStatement))
+                    and any(n is use for n in walk(statement))
+                    and not isinstance(statement, (cst.For, cst.If, cst.While, cst.With, cst.Try))
+                ),
+                use,
+            )
+    return None
 
 
 def _tests_not_none(test: cst.BaseExpression, name: str) -> bool:
