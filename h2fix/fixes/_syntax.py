@@ -83,6 +83,26 @@ def keyword(arg: cst.Arg) -> str | None:
     return None if arg.keyword is None else identifier(arg.keyword)
 
 
+def argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:
+    """The value passed for a parameter by keyword `name` or at `position` (None if absent)."""
+    for arg in call.args:
+        if keyword(arg) == name:
+            return arg.value
+    positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
+    return positional[position].value if len(positional) > position else None
+
+
+def calls_named(node: cst.CSTNode, method: str) -> list[cst.Call]:
+    """Every `<object>.<method>(...)` call below `node`."""
+    return [
+        child
+        for child in walk(node)
+        if isinstance(child, cst.Call)
+        and (call := method_call(child)) is not None
+        and call[1] == method
+    ]
+
+
 def target_names(target: cst.BaseExpression) -> list[str]:
     """Names bound by an assignment target (`a`, `a, *b`, `[a, (b, c)]`)."""
     if isinstance(target, cst.Name):

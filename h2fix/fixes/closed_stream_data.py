@@ -57,12 +57,12 @@ from ._live_method import (
     writes,
 )
 from ._syntax import (
+    argument,
     base_classes,
     constructs,
     dotted,
     identifier,
     is_pure,
-    keyword,
     method_call,
     module_bindings,
     module_classes,
@@ -70,7 +70,7 @@ from ._syntax import (
     statement_expression,
     subclasses,
 )
-from ._tree import children, transform, walk
+from ._tree import PathTransformer, children, transform, walk
 
 NAME = "closed_stream_data"
 
@@ -222,7 +222,7 @@ class _Proof:
                     "; ".join(self.module.code_for_node(v) for v in values)
                     or f"no assignment to self.{attribute}",
                 )
-            size = _argument(node, 0, "acknowledged_size")
+            size = argument(node, 0, "acknowledged_size")
             if size is None or dotted(size) != f"{subject}.flow_controlled_length":
                 raise Refusal(f"{_ACKNOWLEDGE}({subject}.flow_controlled_length, ...)")
             return
@@ -297,20 +297,14 @@ def _guarded_body(guard: _Guard) -> cst.IndentedBlock:
     return guard.body.with_changes(body=statements)
 
 
-class _Replace(cst.CSTTransformer):
+class _Replace(PathTransformer):
     """Swaps branch bodies (by identity) for their guarded versions."""
 
     def __init__(
         self, replacements: dict[int, cst.IndentedBlock], paths: Sequence[cst.CSTNode]
     ) -> None:
-        super().__init__()
+        super().__init__(paths)
         self.replacements = replacements
-        # Only the nodes that lead to a replaced body are entered: the rest of the
-        # module is kept as it is, object for object, without visiting it.
-        self.on_paths = {id(node) for node in paths}
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        return id(node) in self.on_paths
 
     def leave_IndentedBlock(
         self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
@@ -438,14 +432,6 @@ def _leaves_early(node: cst.CSTNode) -> bool:
     if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
         return False
     return any(_leaves_early(child) for child in children(node))
-
-
-def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:
-    for arg in call.args:
-        if keyword(arg) == name:
-            return arg.value
-    positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
-    return positional[position].value if len(positional) > position else None
 
 
 def _self_assignments(cls: cst.ClassDef) -> Iterator[tuple[str, cst.BaseExpression]]:

@@ -67,6 +67,7 @@ from ._live_method import (
 from ._syntax import (
     bindings_of,
     bound_names,
+    calls_named,
     dotted,
     first_parameter,
     identifier,
@@ -76,7 +77,7 @@ from ._syntax import (
     statement_expression,
     walk,
 )
-from ._tree import transform
+from ._tree import PathTransformer, transform
 
 NAME = "max_requests"
 
@@ -365,13 +366,7 @@ class _Proof:
                     called = method_call(call) if call is not None else None
                     if called is not None and called[1] == _CLOSE:
                         found.append((statement, called))
-        closes = [
-            node
-            for node in walk(body)
-            if isinstance(node, cst.Call)
-            and (m := method_call(node)) is not None
-            and m[1] == _CLOSE
-        ]
+        closes = calls_named(body, _CLOSE)
         if len(found) != 1 or len(closes) != 1:
             raise Refusal(
                 f"one `if <idle> and <terminated>: {live.receiver}.<connection>.{_CLOSE}()` "
@@ -443,19 +438,13 @@ class _Proof:
 # --- rewrite ---------------------------------------------------------------------
 
 
-class _Apply(cst.CSTTransformer):
+class _Apply(PathTransformer):
     """(a) swaps the close statement for the GOAWAY send; (b) widens the idle test."""
 
     def __init__(self, plan: _Plan, goaway: cst.If, paths: Sequence[cst.CSTNode]):
-        super().__init__()
+        super().__init__(paths)
         self.plan = plan
         self.goaway = goaway
-        # Only the nodes that lead to a change are entered: the rest of the module is
-        # kept as it is, object for object, without visiting it.
-        self.on_paths = {id(node) for node in paths}
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        return id(node) in self.on_paths
 
     def leave_IndentedBlock(
         self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
