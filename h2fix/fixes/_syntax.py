@@ -330,18 +330,25 @@ def constructs(
 def jump_before(path: Sequence[cst.CSTNode], start: int = 0) -> cst.CSTNode | None:
     """A return, raise, break or continue that always runs before the last node of `path`
     (a chain of parent to child from `path[start]` down), if any: after it, that node is dead."""
+    for statement in statements_before(path, start):
+        if isinstance(statement, cst.SimpleStatementLine) and any(
+            isinstance(small, (cst.Return, cst.Raise, cst.Continue, cst.Break))
+            for small in statement.body
+        ):
+            return statement
+    return None
+
+
+def statements_before(path: Sequence[cst.CSTNode], start: int = 0) -> Iterator[cst.CSTNode]:
+    """The statements that run before the last node of `path` (a chain of parent to
+    child from `path[start]` down) in the blocks along it, outermost first."""
     for parent, child in zip(path[start:], path[start + 1 :]):
         if not isinstance(parent, cst.IndentedBlock):
             continue
         for statement in parent.body:
             if statement is child:
                 break
-            if isinstance(statement, cst.SimpleStatementLine) and any(
-                isinstance(small, (cst.Return, cst.Raise, cst.Continue, cst.Break))
-                for small in statement.body
-            ):
-                return statement
-    return None
+            yield statement
 
 
 def binds_to(bindings: dict[str, list[cst.CSTNode]], name: str, classes: set[str]) -> bool:
