@@ -34,21 +34,6 @@ WORKERS = ["asyncio", "trio"]
 CALLS = 20
 
 
-def open_stream(client: H2Client, path: str) -> int:
-    """HEADERS without END_STREAM: the request body is still to come."""
-    stream_id: int = client.conn.get_next_available_stream_id()
-    headers = [
-        (b":method", b"POST"),
-        (b":scheme", b"http"),
-        (b":authority", b"127.0.0.1"),
-        (b":path", path.encode()),
-    ]
-    client.conn.send_headers(stream_id, headers)
-    client.send()
-    client.responses[stream_id] = Response()
-    return stream_id
-
-
 def send_body(client: H2Client, stream_id: int, data: bytes, deadline: float) -> None:
     """Send all of `data` and END_STREAM, as flow control allows: a window the server
     never reopens makes this raise TimeoutError (and a dropped connection, ConnectionError)."""
@@ -70,7 +55,7 @@ def send_body(client: H2Client, stream_id: int, data: bytes, deadline: float) ->
 
 def answered_early(client: H2Client) -> int:
     """A stream the server has answered in full (413) while its request body is still open."""
-    stream_id = open_stream(client, "/early")
+    stream_id = client.start_open("/early")
     [response] = client.wait(stream_id)
     assert "end" in response.events, response
     return stream_id
@@ -80,7 +65,7 @@ def data_after_the_response_then_innocent_call(client: H2Client) -> Response:
     """An innocent stream waits for its body while another is answered in full (413) and
     then gets the rest of its body from the client, as RFC 9113 allows; then the innocent
     stream completes."""
-    innocent = open_stream(client, "/hello")
+    innocent = client.start_open("/hello")
     early = answered_early(client)
     assert client.responses[early].headers[b":status"] == b"413"
     send_body(client, early, b"x" * 1000, time.monotonic() + TIMEOUT)
@@ -108,7 +93,7 @@ def test_client_trailers_and_reset_after_the_response(port: int) -> None:
     """The client's other ways to end its half of a finished stream do no harm either."""
     client = H2Client(port, window=WINDOW)
     try:
-        innocent = open_stream(client, "/hello")
+        innocent = client.start_open("/hello")
         with_trailers = answered_early(client)
         client.conn.send_data(with_trailers, b"x" * 100)
         client.conn.send_headers(with_trailers, [(b"x-trailer", b"1")], end_stream=True)
@@ -130,7 +115,7 @@ def test_discarded_data_does_not_stall_later_uploads(port: int) -> None:
     try:
         early = answered_early(client)
         send_body(client, early, b"d" * DISCARDED, time.monotonic() + TIMEOUT)
-        upload = open_stream(client, "/hello")
+        upload = client.start_open("/hello")
         send_body(client, upload, b"u" * UPLOAD, time.monotonic() + TIMEOUT)
         [response] = client.wait(upload)
     finally:
@@ -205,7 +190,7 @@ def test_other_releases_survive_and_acknowledge(tmp_path: Path, server: str) -> 
     with serving(tmp_path, target, first_on_path=first) as port:
         client = H2Client(port, window=WINDOW)
         try:
-            innocent = open_stream(client, "/hello")
+            innocent = client.start_open("/hello")
             early = answered_early(client)
             send_body(client, early, b"d" * DISCARDED, time.monotonic() + TIMEOUT)
             send_body(client, innocent, b"u" * UPLOAD, time.monotonic() + TIMEOUT)
@@ -264,7 +249,7 @@ def test_skipping_without_acknowledging_stalls_the_connection(tmp_path: Path) ->
             early = answered_early(client)
             # Exactly one window: it fits without any WINDOW_UPDATE.
             send_body(client, early, b"d" * WINDOW, time.monotonic() + TIMEOUT)
-            upload = open_stream(client, "/hello")
+            upload = client.start_open("/hello")
             with pytest.raises(TimeoutError, match="reopened no window"):
                 send_body(client, upload, b"u" * UPLOAD, time.monotonic() + 3)
         finally:

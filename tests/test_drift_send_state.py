@@ -36,13 +36,12 @@ import h2fix
 from h2fix import H2FixError, Outcome, UnrecognisedStructureError
 from h2fix._probe import H2Client, free_port
 from h2fix._probe import serving as serving_command
+from support.edits import Edit, in_method, method_text, replace_once, replacing
 from support.grpc_load import given_up_calls, settle
 from support.isolated import copy_package
 from support.releases import h2_source
 from support.servers import TESTS
 from support.versions import served_on_default_python
-
-Edit = Callable[[str], str]
 
 # --- anchors in 0.17.3 ------------------------------------------------------------------
 
@@ -83,42 +82,6 @@ GUARDED_RESET_RELEASE = (
     "                    self.priority.remove_stream(event.stream_id)\n"
     "                    await self.stream_buffers.pop(event.stream_id).close()\n"
 )
-
-
-def replace_once(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, f"the variant's anchor is not unique: {old!r}"
-    return text.replace(old, new)
-
-
-def replacing(*pairs: tuple[str, str]) -> Edit:
-    """A variant that replaces each `old` (each must occur exactly once) by its `new`."""
-
-    def edit(text: str) -> str:
-        for old, new in pairs:
-            text = replace_once(text, old, new)
-        return text
-
-    return edit
-
-
-def method_span(text: str, name: str) -> tuple[int, int]:
-    start = re.search(rf"^    (?:async )?def {name}\(", text, re.MULTILINE)
-    assert start is not None, name
-    end = re.compile(r"^    (?:async def|def|@)", re.MULTILINE).search(text, start.end())
-    return start.start(), end.start() if end else len(text)
-
-
-def in_method(name: str, edit: Edit) -> Edit:
-    def whole(text: str) -> str:
-        start, end = method_span(text, name)
-        return text[:start] + edit(text[start:end]) + text[end:]
-
-    return whole
-
-
-def method_text(text: str, name: str) -> str:
-    start, end = method_span(text, name)
-    return text[start:end]
 
 
 # --- benign drift: the fix must still apply, and the result must serve ------------------

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import textwrap
 
-import libcst as cst
 import pytest
 
 import h2fix
 from h2fix import Outcome
 from support.refusals import assert_refusal_recorded, assert_refused
+from support.tables import assert_rewritten, release_ids
 from support.versions import rows
 
 INIT = """\
@@ -198,17 +198,7 @@ REWRITES = {
 
 @pytest.mark.parametrize(("before", "after"), REWRITES.values(), ids=REWRITES.keys())
 def test_rewrites(before: str, after: str) -> None:
-    cst.parse_module(after)
-    result = rewrite(before)
-    assert result.source == after
-    [outcome] = result.outcomes
-    assert outcome.outcome is Outcome.REWRITTEN
-    assert outcome.functions == ("H2Protocol._handle_events",)
-    compile(result.source, "h2.py", "exec", dont_inherit=True)
-    # Idempotent: the rewritten module needs nothing more.
-    again = rewrite(result.source)
-    assert again.outcomes[0].outcome is Outcome.FIXED_UPSTREAM
-    assert again.source == result.source
+    assert_rewritten("closed_stream_data", before, after, ("H2Protocol._handle_events",))
 
 
 def test_hypercorn_0_16_names_both_events() -> None:
@@ -540,9 +530,7 @@ RELEASES = {
 
 
 @pytest.mark.network
-@pytest.mark.parametrize(
-    ("release", "expected"), RELEASES.items(), ids=["-".join(r) for r in RELEASES]
-)
+@pytest.mark.parametrize(("release", "expected"), RELEASES.items(), ids=release_ids(RELEASES))
 def test_release_is_classified(release: tuple[str, str], expected: tuple[str, Outcome]) -> None:
     from support.releases import h2_source
 

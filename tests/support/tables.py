@@ -1,0 +1,49 @@
+"""What the rewrite tables (tests/test_rewrite_*.py) share: the check of a rewrite row,
+and the releases whose protocol/h2.py each fix classifies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import libcst as cst
+
+import h2fix
+from h2fix import Environment, FixOutcome, Outcome
+
+#: The releases the tables run each fix on: both servers, before, at and after each fault.
+RELEASES = [
+    ("hypercorn", "0.16.0"),
+    ("hypercorn", "0.17.0"),
+    ("hypercorn", "0.17.3"),
+    ("hypercorn", "0.18.0"),
+    ("anycorn", "0.18.1"),
+    ("anycorn", "0.18.7"),
+    ("anycorn", "0.19.0"),
+    ("anycorn", "0.20.1"),
+]
+
+
+def release_ids(releases: Iterable[tuple[str, str]]) -> list[str]:
+    """`hypercorn-0.17.3` for each (distribution, version) of `releases` (a list or dict)."""
+    return ["-".join(release) for release in releases]
+
+
+def assert_rewritten(
+    fix: str,
+    before: str,
+    after: str,
+    functions: tuple[str, ...],
+    environment: Environment | None = None,
+) -> FixOutcome:
+    """`fix` turns `before` into exactly `after` (itself valid Python that compiles), in
+    `functions`, and finds nothing more to do in its own output."""
+    cst.parse_module(after)
+    result = h2fix.rewrite(before, [fix], environment=environment)
+    assert result.source == after
+    [outcome] = result.outcomes
+    assert (outcome.outcome, outcome.functions) == (Outcome.REWRITTEN, functions)
+    compile(result.source, "h2.py", "exec", dont_inherit=True)
+    again = h2fix.rewrite(result.source, [fix], environment=environment)
+    assert (again.changed, again.outcomes[0].outcome) == (False, Outcome.FIXED_UPSTREAM)
+    assert again.source == result.source
+    return outcome
