@@ -36,7 +36,15 @@ import h2fix
 from h2fix import H2FixError, Outcome, UnrecognisedStructureError
 from h2fix._probe import H2Client, free_port
 from h2fix._probe import serving as serving_command
-from support.edits import Edit, in_method, method_text, replace_once, replacing
+from support.edits import (
+    Edit,
+    handle_events_chain,
+    in_method,
+    match_case_dispatch,
+    method_text,
+    replace_once,
+    replacing,
+)
 from support.grpc_load import given_up_calls, settle
 from support.isolated import copy_package
 from support.releases import h2_source
@@ -114,30 +122,8 @@ def attributes_renamed(text: str) -> str:
     return text
 
 
-def _chain_lines(method: str) -> tuple[list[str], int, int]:
-    lines = method.splitlines(keepends=True)
-    first = next(i for i, line in enumerate(lines) if "if isinstance(event, h2.events.Req" in line)
-    last = next(i for i, line in enumerate(lines) if line == "        await self._flush()\n")
-    return lines, first, last
-
-
-def _to_match(method: str) -> str:
-    lines, first, last = _chain_lines(method)
-    out = [*lines[:first], "            match event:\n"]
-    for line in lines[first:last]:
-        branch = re.match(r"^            (?:el)?if isinstance\(event, ([\w.]+)\):$", line)
-        if branch:
-            out.append(f"                case {branch[1]}():\n")
-        else:
-            out.append("    " + line if line.strip() else line)
-    return "".join(out + lines[last:])
-
-
-match_case_dispatch = in_method("_handle_events", _to_match)
-
-
 def _reset_as_else_if(method: str) -> str:
-    lines, _, last = _chain_lines(method)
+    lines, _, last = handle_events_chain(method)
     reset = lines.index("            elif isinstance(event, h2.events.StreamReset):\n")
     nested = [
         "            else:\n",
