@@ -18,7 +18,6 @@ nodes that kill a trio server; tests/test_send_state.py drives that overflow its
 
 from __future__ import annotations
 
-import collections
 import json
 import re
 import subprocess
@@ -45,7 +44,7 @@ from support.edits import (
     replace_once,
     replacing,
 )
-from support.grpc_load import given_up_calls, settle
+from support.grpc_load import echo_calls, given_up_calls
 from support.isolated import copy_package
 from support.releases import h2_source
 from support.servers import TESTS
@@ -789,19 +788,6 @@ def _env(path: list[str]) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
-def unary_calls(channel: grpc.Channel, count: int) -> collections.Counter[str]:
-    outcomes: collections.Counter[str] = collections.Counter()
-    echo = channel.unary_unary("/test.Test/Echo")
-    pending: collections.deque[Any] = collections.deque()
-    for i in range(count):
-        pending.append(echo.future(b"%d" % i, timeout=30))
-        if len(pending) == IN_FLIGHT:
-            settle(pending.popleft(), outcomes)
-    for future in pending:
-        settle(future, outcomes)
-    return outcomes
-
-
 def held_by_open_connections(port: int) -> list[tuple[int, int]]:
     client = H2Client(port)
     try:
@@ -832,7 +818,7 @@ def behaviour_problems(served: Served) -> list[str]:
         problems += held_problems(served, "after the calls given up on")
         if problems:  # a server that spins or died would make the next phase take minutes
             return problems
-        outcomes = unary_calls(channel, UNARY_CALLS)
+        outcomes = echo_calls(channel, UNARY_CALLS, IN_FLIGHT)
         if outcomes != {"ok": UNARY_CALLS}:
             problems.append(f"{UNARY_CALLS} unary calls, 50 in flight: {dict(outcomes)}")
         try:
