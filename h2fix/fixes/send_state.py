@@ -50,14 +50,7 @@ import libcst as cst
 from .._environment import Environment
 from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
-from ._live_method import (
-    LiveMethods,
-    Refusal,
-    not_overridden_in,
-    not_replaced_later,
-    rebound_later,
-    receiver_never_reassigned,
-)
+from . import _live_method as live_method
 from ._syntax import (
     bound_names,
     dotted,
@@ -406,14 +399,14 @@ class _Fix:
         by a later definition in the class body, not overridden by a subclass in the module,
         and its receiver is never reassigned in it."""
         where = f"{identifier(cls.name)}.{identifier(method.name)}"
-        live = LiveMethods(self.module)
+        live = live_method.LiveMethods(self.module)
         try:
             live.class_defined_once(cls)
             live.undecorated(method)
-            not_replaced_later(cls, method)
-            not_overridden_in(self._subclasses(cls), cls, method)
-            receiver_never_reassigned(method, where)
-        except Refusal as refusal:
+            live_method.not_replaced_later(cls, method)
+            live_method.not_overridden_in(self._subclasses(cls), cls, method)
+            live_method.receiver_never_reassigned(method, where)
+        except live_method.Refusal as refusal:
             self.refuse(where, refusal.expected, refusal.found)
 
     def _subclasses(self, cls: cst.ClassDef) -> list[cst.ClassDef]:
@@ -742,7 +735,7 @@ class _Fix:
             method
             for method in cls.body.body
             if isinstance(method, cst.FunctionDef)
-            and rebound_later(cls, method)
+            and live_method.rebound_later(cls, method)
             and any(_reset_subject(b, _subjects(method)) for b, _, _ in _branches(method.body, ()))
         ]
         if replaced:
@@ -1008,7 +1001,7 @@ def _live_methods(cls: cst.ClassDef) -> list[cst.FunctionDef]:
     return [
         method
         for method in cls.body.body
-        if isinstance(method, cst.FunctionDef) and not rebound_later(cls, method)
+        if isinstance(method, cst.FunctionDef) and not live_method.rebound_later(cls, method)
     ]
 
 
