@@ -9,7 +9,7 @@ import pytest
 import h2fix
 from h2fix import Outcome
 from support.refusals import assert_refusal_recorded, assert_refused
-from support.tables import assert_rewritten, release_ids
+from support.tables import assert_rewritten, handle_events_module, release_ids
 from support.versions import rows
 
 INIT = """\
@@ -72,20 +72,8 @@ def module(*branches: str, init: str = INIT, receiver: str = "self", after: str 
     chain = "if isinstance(event, h2.events.RequestReceived):\n    await self._create(event)\n"
     chain += "".join(textwrap.dedent(b) for b in branches)
     chain += "elif isinstance(event, h2.events.WindowUpdated):\n    await self._update(event)\n"
-    if receiver != "self":
-        chain = chain.replace("self.", f"{receiver}.")
-        init = init.replace("self.", f"{receiver}.")
-    return (
-        "import h2.connection\nimport h2.events\n\n\n"
-        "class H2Protocol:\n"
-        f"    def __init__({receiver}) -> None:\n"
-        f"{textwrap.indent(textwrap.dedent(init), ' ' * 8)}\n"
-        f"    async def _handle_events({receiver}, events):\n"
-        "        for event in events:\n"
-        f"{textwrap.indent(chain, ' ' * 12)}"
-        f"        await {receiver}._flush()\n"
-        f"{textwrap.indent(textwrap.dedent(after), '    ')}"
-    )
+    imports = "import h2.connection\nimport h2.events\n"
+    return handle_events_module(chain, init=init, imports=imports, receiver=receiver, after=after)
 
 
 def rewrite(source: str) -> h2fix.Rewrite:

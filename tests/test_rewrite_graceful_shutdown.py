@@ -9,7 +9,7 @@ import pytest
 import h2fix
 from h2fix import Outcome
 from support.refusals import assert_refusal_recorded, assert_refused
-from support.tables import RELEASES, assert_rewritten, release_ids
+from support.tables import RELEASES, assert_rewritten, handle_events_module, release_ids
 from support.versions import rows
 
 IMPORTS = "import h2\nimport h2.connection\nimport h2.events\n"
@@ -47,20 +47,7 @@ def module(
     """A protocol class in Hypercorn's shape whose `_handle_events` starts with `request`."""
     chain = textwrap.dedent(request)
     chain += "elif isinstance(event, h2.events.DataReceived):\n    await self._data(event)\n"
-    if receiver != "self":
-        chain = chain.replace("self.", f"{receiver}.")
-        init = init.replace("self.", f"{receiver}.")
-    return (
-        f"{imports}\n\n"
-        "class H2Protocol:\n"
-        f"    def __init__({receiver}) -> None:\n"
-        f"{textwrap.indent(textwrap.dedent(init), ' ' * 8)}\n"
-        f"    async def _handle_events({receiver}, events):\n"
-        "        for event in events:\n"
-        f"{textwrap.indent(chain, ' ' * 12)}"
-        f"        await {receiver}._flush()\n"
-        f"{textwrap.indent(textwrap.dedent(after), '    ')}"
-    )
+    return handle_events_module(chain, init=init, imports=imports, receiver=receiver, after=after)
 
 
 def rewrite(source: str) -> h2fix.Rewrite:

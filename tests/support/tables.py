@@ -3,6 +3,7 @@ and the releases whose protocol/h2.py each fix classifies."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable
 
 import libcst as cst
@@ -47,3 +48,25 @@ def assert_rewritten(
     assert (again.changed, again.outcomes[0].outcome) == (False, Outcome.FIXED_UPSTREAM)
     assert again.source == result.source
     return outcome
+
+
+def handle_events_module(
+    chain: str, *, init: str, imports: str, receiver: str = "self", after: str = ""
+) -> str:
+    """A protocol class in Hypercorn's shape: `__init__` runs `init`, and `_handle_events`
+    runs the dispatch `chain` for each event (`self` spelt `receiver` in both); `after`
+    follows in the class body."""
+    if receiver != "self":
+        chain = chain.replace("self.", f"{receiver}.")
+        init = init.replace("self.", f"{receiver}.")
+    return (
+        f"{imports}\n\n"
+        "class H2Protocol:\n"
+        f"    def __init__({receiver}) -> None:\n"
+        f"{textwrap.indent(textwrap.dedent(init), ' ' * 8)}\n"
+        f"    async def _handle_events({receiver}, events):\n"
+        "        for event in events:\n"
+        f"{textwrap.indent(chain, ' ' * 12)}"
+        f"        await {receiver}._flush()\n"
+        f"{textwrap.indent(textwrap.dedent(after), '    ')}"
+    )
