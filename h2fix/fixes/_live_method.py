@@ -137,6 +137,19 @@ def find_branches(module: cst.Module, fix: str, events: tuple[str, ...]) -> list
     return BranchFinder(module, fix, events).find()
 
 
+def only_branch(fix: str, event: str, branches: Sequence[Branch]) -> Branch:
+    """The one branch for `event` among `branches` (at least one): with two, which one the
+    server runs for the event is a guess."""
+    if len(branches) > 1:
+        raise UnrecognisedStructureError(
+            fix,
+            "<module>",
+            f"one {event} branch",
+            f"{len(branches)}: in {', '.join(b.where for b in branches)}",
+        )
+    return branches[0]
+
+
 # --- prove -----------------------------------------------------------------------
 
 

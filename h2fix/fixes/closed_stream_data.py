@@ -54,6 +54,7 @@ from ._live_method import (
     class_name,
     find_branches,
     names_any,
+    only_branch,
     writes,
 )
 from ._syntax import (
@@ -64,8 +65,6 @@ from ._syntax import (
     identifier,
     is_pure,
     method_call,
-    module_bindings,
-    module_classes,
     self_attribute,
     statement_expression,
     subclasses,
@@ -103,9 +102,9 @@ class _Proof:
 
     def __init__(self, module: cst.Module) -> None:
         self.module = module
-        self.bindings = module_bindings(module)
-        self.classes = module_classes(module)
         self.live = LiveMethods(module, "the protocol object whose streams the guard tests")
+        self.bindings = self.live.bindings
+        self.classes = self.live.classes
         # Walking a class's methods is the costly part: once per class.
         self._assigned: dict[int, list[tuple[str, cst.BaseExpression]]] = {}
 
@@ -464,14 +463,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
                 f"{DATA} is named, but no such branch exists",
             )
         return tree, FixOutcome(NAME, Outcome.NOT_APPLICABLE, "this module handles no h2 DATA")
-    if len(data) > 1:
-        raise UnrecognisedStructureError(
-            NAME,
-            "<module>",
-            f"one {DATA} branch",
-            f"{len(data)}: in {', '.join(b.where for b in data)}",
-        )
-    dispatch = data[0]
+    dispatch = only_branch(NAME, DATA, data)
     elsewhere = [b for b in branches if b.method is not dispatch.method]
     if elsewhere:
         raise UnrecognisedStructureError(

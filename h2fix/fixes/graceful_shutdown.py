@@ -42,6 +42,7 @@ from ._live_method import (
     find_branches,
     names_any,
     node_path,
+    only_branch,
 )
 from ._syntax import (
     argument,
@@ -374,14 +375,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
                 f"{REQUEST} and {_RESET}() are named, but no such branch exists",
             )
         return tree, FixOutcome(NAME, Outcome.NOT_APPLICABLE, f"this module handles no {REQUEST}")
-    if len(branches) > 1:
-        raise UnrecognisedStructureError(
-            NAME,
-            "<module>",
-            f"one {REQUEST} branch",
-            f"{len(branches)}: in {', '.join(b.where for b in branches)}",
-        )
-    [branch] = branches
+    branch = only_branch(NAME, REQUEST, branches)
     if not any(
         isinstance(node, cst.Call) and (call := method_call(node)) is not None and call[1] == _RESET
         for node in walk(branch.node.body)

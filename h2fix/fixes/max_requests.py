@@ -62,6 +62,7 @@ from ._live_method import (
     branch_code,
     find_branches,
     node_path,
+    only_branch,
     parameters,
 )
 from ._syntax import (
@@ -610,14 +611,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
     requests = [b for b in branches if b.event == REQUEST]
     if not requests:
         return tree, FixOutcome(NAME, Outcome.NOT_APPLICABLE, f"this module handles no {REQUEST}")
-    if len(requests) > 1:
-        raise UnrecognisedStructureError(
-            NAME,
-            "<module>",
-            f"one {REQUEST} branch",
-            f"{len(requests)}: in {', '.join(b.where for b in requests)}",
-        )
-    [request] = requests
+    request = only_branch(NAME, REQUEST, requests)
     closes = _closes(request.node.body)
     closed = [b for b in branches if b.event == CLOSED]
     if not closes:
