@@ -288,21 +288,6 @@ HELPER_CALL_ON_RESET = (
     RESET_BRANCH + "                await self._discard_send_state(event.stream_id)\n",
 )
 helper_release_on_reset = replacing(HELPER_CALL_ON_RESET, (FLUSH_DEF, DISCARD_HELPER + FLUSH_DEF))
-helper_release_on_reset_and_trailers = replacing(
-    HELPER_CALL_ON_RESET,
-    (FLUSH_DEF, DISCARD_HELPER + FLUSH_DEF),
-    (
-        TRAILERS_BRANCH,
-        "            elif isinstance(event, Trailers):\n"
-        "                self.priority.unblock(event.stream_id)\n"
-        "                await self.has_data.set()\n"
-        "                await self.stream_buffers[event.stream_id].drain()\n"
-        "                self.connection.send_headers(\n"
-        "                    event.stream_id, event.headers, end_stream=True\n"
-        "                )\n"
-        "                await self._discard_send_state(event.stream_id)\n",
-    ),
-)
 UPSTREAM_TRAILERS = (
     "            elif isinstance(event, Trailers):\n"
     "                self.priority.unblock(event.stream_id)\n"
@@ -311,6 +296,14 @@ UPSTREAM_TRAILERS = (
     "                self.connection.send_headers(\n"
     "                    event.stream_id, event.headers, end_stream=True\n"
     "                )\n"
+)
+helper_release_on_reset_and_trailers = replacing(
+    HELPER_CALL_ON_RESET,
+    (FLUSH_DEF, DISCARD_HELPER + FLUSH_DEF),
+    (
+        TRAILERS_BRANCH,
+        UPSTREAM_TRAILERS + "                await self._discard_send_state(event.stream_id)\n",
+    ),
 )
 # What the fix itself writes, everywhere it writes it: nothing is left to do.
 released_everywhere = replacing(
