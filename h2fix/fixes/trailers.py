@@ -363,6 +363,8 @@ class _Proof:
         self.live.class_defined_once(cls)
         return cls, method
 
+    # Not LiveMethods.branch_is_reachable: that one takes an if/elif Branch, and this
+    # dispatch may be a match statement.
     def branch_is_reachable(self, method: cst.FunctionDef) -> None:
         jump = _jump_before(self.dispatch, method)
         if jump is not None:
@@ -370,6 +372,8 @@ class _Proof:
                 "the branch reachable: no return, raise, break or continue before it", jump
             )
 
+    # Not LiveMethods.first_arm_for_the_event: this one also reads match/case arms and
+    # arms testing a tuple of classes, which the shared finder refuses outright.
     def no_earlier_branch_takes_trailers(self) -> None:
         for arm in self.dispatch.arms:
             if arm is self.arm:
@@ -504,6 +508,10 @@ class _Proof:
                 return self_attribute(node.value, receiver)
         return None
 
+    # Not LiveMethods.h2_connection, which is stricter: it wants exactly one write to the
+    # attribute and counts writes this fix's assignments() does not see (tuple targets,
+    # `for`, `with ... as`, `del`); this one accepts several H2Connection(...) assignments.
+    # Switching would change trailers' verdicts.
     def is_h2_connection(self, value: cst.BaseExpression) -> bool:
         return constructs(self.bindings, value, "h2.connection", "H2Connection")
 
