@@ -228,12 +228,22 @@ class H2Client:
                 break
             frame, self._unparsed = self._unparsed[:end], self._unparsed[end:]
             if frame[3] == _GOAWAY and length >= 8:
+                # The frames before it first: what was answered when it came is then recorded.
+                self._pass_to_h2(bytes(passed))
+                passed = bytearray()
                 last = int.from_bytes(frame[9:13], "big") & 0x7FFF_FFFF
-                self.goaways.append((last, int.from_bytes(frame[13:17], "big")))
+                self._goaway_received(last, int.from_bytes(frame[13:17], "big"))
             else:
                 passed += frame
-        for event in self.conn.receive_data(bytes(passed)):
+        self._pass_to_h2(bytes(passed))
+
+    def _pass_to_h2(self, frames: bytes) -> None:
+        for event in self.conn.receive_data(frames):
             self._record(event)
+
+    def _goaway_received(self, last_stream_id: int, error_code: int) -> None:
+        """Record a GOAWAY; a subclass may also note what had happened by then."""
+        self.goaways.append((last_stream_id, error_code))
 
     def pump(self, seconds: float) -> None:
         """Read and record whatever arrives for `seconds`, completing nothing in particular."""

@@ -20,7 +20,7 @@ import pytest
 
 from h2fix._probe import H2Client, Response
 from support.isolated import copy_package
-from support.late_data import WINDOW, answered_early, open_stream, send_body
+from support.late_data import WINDOW, answered_early, send_body
 from support.releases import unpacked
 from support.servers import WITH_FIX, serving
 from support.versions import needs_anycorn, needs_hypercorn_018
@@ -38,7 +38,7 @@ def data_after_the_response_then_innocent_call(client: H2Client) -> Response:
     """An innocent stream waits for its body while another is answered in full (413) and
     then gets the rest of its body from the client, as RFC 9113 allows; then the innocent
     stream completes."""
-    innocent = open_stream(client, "/hello")
+    innocent = client.start_open("/hello")
     early = answered_early(client)
     assert client.responses[early].headers[b":status"] == b"413"
     send_body(client, early, b"x" * 1000, time.monotonic() + TIMEOUT)
@@ -66,7 +66,7 @@ def test_client_trailers_and_reset_after_the_response(port: int) -> None:
     """The client's other ways to end its half of a finished stream do no harm either."""
     client = H2Client(port, window=WINDOW)
     try:
-        innocent = open_stream(client, "/hello")
+        innocent = client.start_open("/hello")
         with_trailers = answered_early(client)
         client.conn.send_data(with_trailers, b"x" * 100)
         client.conn.send_headers(with_trailers, [(b"x-trailer", b"1")], end_stream=True)
@@ -88,7 +88,7 @@ def test_discarded_data_does_not_stall_later_uploads(port: int) -> None:
     try:
         early = answered_early(client)
         send_body(client, early, b"d" * DISCARDED, time.monotonic() + TIMEOUT)
-        upload = open_stream(client, "/hello")
+        upload = client.start_open("/hello")
         send_body(client, upload, b"u" * UPLOAD, time.monotonic() + TIMEOUT)
         [response] = client.wait(upload)
     finally:
@@ -163,7 +163,7 @@ def test_other_releases_survive_and_acknowledge(tmp_path: Path, server: str) -> 
     with serving(tmp_path, target, first_on_path=first) as port:
         client = H2Client(port, window=WINDOW)
         try:
-            innocent = open_stream(client, "/hello")
+            innocent = client.start_open("/hello")
             early = answered_early(client)
             send_body(client, early, b"d" * DISCARDED, time.monotonic() + TIMEOUT)
             send_body(client, innocent, b"u" * UPLOAD, time.monotonic() + TIMEOUT)
@@ -222,7 +222,7 @@ def test_skipping_without_acknowledging_stalls_the_connection(tmp_path: Path) ->
             early = answered_early(client)
             # Exactly one window: it fits without any WINDOW_UPDATE.
             send_body(client, early, b"d" * WINDOW, time.monotonic() + TIMEOUT)
-            upload = open_stream(client, "/hello")
+            upload = client.start_open("/hello")
             with pytest.raises(TimeoutError, match="reopened no window"):
                 send_body(client, upload, b"u" * UPLOAD, time.monotonic() + 3)
         finally:

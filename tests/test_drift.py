@@ -19,6 +19,7 @@ import pytest
 
 import h2fix
 from h2fix import UnrecognisedStructureError
+from support.edits import replace_once, replacing
 from support.isolated import copy_package
 from support.releases import h2_source
 from support.servers import serving
@@ -31,16 +32,6 @@ END_OF_BODY_STEPS = (
     "                await self.stream_buffers[event.stream_id].drain()\n"
     "            elif isinstance(event, Trailers):\n"
 )
-
-
-def replace_once(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, f"the variant's anchor is not unique: {old!r}"
-    return text.replace(old, new)
-
-
-def replacing(old: str, new: str) -> Callable[[str], str]:
-    """A variant that replaces `old`, which must occur exactly once, by `new`."""
-    return lambda text: replace_once(text, old, new)
 
 
 def method_span(text: str, name: str) -> tuple[int, int]:
@@ -90,17 +81,21 @@ def rename_attributes(text: str) -> str:
 
 
 extra_statements = replacing(
-    TRAILERS_LINE,
-    "                # Trailers close the stream.\n"
-    "                trailers = list(event.headers)\n"
-    "                self.connection.send_headers(event.stream_id, trailers)  # the block\n",
+    (
+        TRAILERS_LINE,
+        "                # Trailers close the stream.\n"
+        "                trailers = list(event.headers)\n"
+        "                self.connection.send_headers(event.stream_id, trailers)  # the block\n",
+    ),
 )
 
 
 local_alias = replacing(
-    TRAILERS_LINE,
-    "                conn = self.connection\n"
-    "                conn.send_headers(event.stream_id, event.headers)\n",
+    (
+        TRAILERS_LINE,
+        "                conn = self.connection\n"
+        "                conn.send_headers(event.stream_id, event.headers)\n",
+    ),
 )
 
 
@@ -122,37 +117,41 @@ def qualified_trailers(text: str) -> str:
 
 
 tuple_isinstance = replacing(
-    "isinstance(event, Trailers)",
-    "isinstance(event, (Trailers,))",
+    ("isinstance(event, Trailers)", "isinstance(event, (Trailers,))"),
 )
 
 
 keyword_call = replacing(
-    TRAILERS_LINE,
-    "                self.connection.send_headers("
-    "stream_id=event.stream_id, headers=event.headers)\n",
+    (
+        TRAILERS_LINE,
+        "                self.connection.send_headers("
+        "stream_id=event.stream_id, headers=event.headers)\n",
+    ),
 )
 
 
 wrapped_call = replacing(
-    TRAILERS_LINE,
-    "                self.connection.send_headers(\n"
-    "                    event.stream_id,\n"
-    "                    event.headers,\n"
-    "                )\n",
+    (
+        TRAILERS_LINE,
+        "                self.connection.send_headers(\n"
+        "                    event.stream_id,\n"
+        "                    event.headers,\n"
+        "                )\n",
+    ),
 )
 
 
 end_stream_false = replacing(
-    TRAILERS_LINE,
-    TRAILERS_LINE.replace("event.headers)", "event.headers, end_stream=False)"),
+    (TRAILERS_LINE, TRAILERS_LINE.replace("event.headers)", "event.headers, end_stream=False)")),
 )
 
 
 half_fixed = replacing(
-    TRAILERS_LINE,
-    "                self.priority.unblock(event.stream_id)\n"
-    "                await self.has_data.set()\n" + TRAILERS_LINE,
+    (
+        TRAILERS_LINE,
+        "                self.priority.unblock(event.stream_id)\n"
+        "                await self.has_data.set()\n" + TRAILERS_LINE,
+    ),
 )
 
 
@@ -186,21 +185,21 @@ def subclass_overrides(text: str) -> str:
 
 
 send_in_try = replacing(
-    TRAILERS_LINE,
-    "                try:\n    " + TRAILERS_LINE + "                except KeyError:\n"
-    "                    pass\n",
+    (
+        TRAILERS_LINE,
+        "                try:\n    " + TRAILERS_LINE + "                except KeyError:\n"
+        "                    pass\n",
+    ),
 )
 
 
 end_stream_computed = replacing(
-    TRAILERS_LINE,
-    TRAILERS_LINE.replace("event.headers)", "event.headers, end_stream=last)"),
+    (TRAILERS_LINE, TRAILERS_LINE.replace("event.headers)", "event.headers, end_stream=last)")),
 )
 
 
 shared_branch = replacing(
-    "isinstance(event, Trailers)",
-    "isinstance(event, (Trailers, InformationalResponse))",
+    ("isinstance(event, Trailers)", "isinstance(event, (Trailers, InformationalResponse))"),
 )
 
 
@@ -224,7 +223,7 @@ SEND_THEN_FLUSH = TRAILERS_LINE + "                await self._flush()\n"
 STREAM_SEND_DEF = "    async def stream_send(self, event: StreamEvent) -> None:\n"
 
 decoy_inbound_drain = replacing(
-    TRAILERS_LINE, "                await self.inbound[event.stream_id].drain()\n" + TRAILERS_LINE
+    (TRAILERS_LINE, "                await self.inbound[event.stream_id].drain()\n" + TRAILERS_LINE)
 )
 
 
@@ -241,48 +240,60 @@ def decoy_activity_event(text: str) -> str:
 
 
 fullwidth_keyword = replacing(
-    TRAILERS_LINE, TRAILERS_LINE.replace("event.headers)", "event.headers, \uff45nd_stream=False)")
+    (
+        TRAILERS_LINE,
+        TRAILERS_LINE.replace("event.headers)", "event.headers, \uff45nd_stream=False)"),
+    )
 )
 upstream_fix_through_a_local = replacing(
-    TRAILERS_LINE,
-    "                self.priority.unblock(event.stream_id)\n"
-    "                await self.has_data.set()\n"
-    "                buffer = self.stream_buffers[event.stream_id]\n"
-    "                await buffer.drain()\n"
-    + TRAILERS_LINE.replace("event.headers)", "event.headers, end_stream=True)"),
+    (
+        TRAILERS_LINE,
+        "                self.priority.unblock(event.stream_id)\n"
+        "                await self.has_data.set()\n"
+        "                buffer = self.stream_buffers[event.stream_id]\n"
+        "                await buffer.drain()\n"
+        + TRAILERS_LINE.replace("event.headers)", "event.headers, end_stream=True)"),
+    ),
 )
 send_in_a_closure = replacing(
-    TRAILERS_LINE,
-    "                async def send() -> None:\n"
-    "    " + TRAILERS_LINE + "                await send()\n",
+    (
+        TRAILERS_LINE,
+        "                async def send() -> None:\n"
+        "    " + TRAILERS_LINE + "                await send()\n",
+    ),
 )
-static_method = replacing(STREAM_SEND_DEF, "    @staticmethod\n" + STREAM_SEND_DEF)
+static_method = replacing((STREAM_SEND_DEF, "    @staticmethod\n" + STREAM_SEND_DEF))
 id_with_side_effects = replacing(
-    TRAILERS_LINE, TRAILERS_LINE.replace("(event.stream_id,", "(self.ids.pop(event.stream_id),")
+    (TRAILERS_LINE, TRAILERS_LINE.replace("(event.stream_id,", "(self.ids.pop(event.stream_id),"))
 )
 mapped_stream_id = replacing(
-    TRAILERS_LINE, TRAILERS_LINE.replace("(event.stream_id,", "(self.ids[event.stream_id],")
+    (TRAILERS_LINE, TRAILERS_LINE.replace("(event.stream_id,", "(self.ids[event.stream_id],"))
 )
 ends_the_stream_after = replacing(
-    SEND_THEN_FLUSH,
-    TRAILERS_LINE + "                self.connection.end_stream(event.stream_id)\n"
-    "                await self._flush()\n",
+    (
+        SEND_THEN_FLUSH,
+        TRAILERS_LINE + "                self.connection.end_stream(event.stream_id)\n"
+        "                await self._flush()\n",
+    ),
 )
 connection_wrapper = replacing(
-    "        self.connection = h2.connection.H2Connection(", "        self.connection = Wrapped("
+    ("        self.connection = h2.connection.H2Connection(", "        self.connection = Wrapped(")
 )
 method_replaced_later = replacing(
-    "    async def _handle_events(", "    stream_send = None\n\n    async def _handle_events("
+    ("    async def _handle_events(", "    stream_send = None\n\n    async def _handle_events(")
 )
 class_defined_twice = replacing(
-    "class H2Protocol:\n",
-    "if sys.version_info < (3,):\n\n    class H2Protocol:\n        pass\n\n\nclass H2Protocol:\n",
+    (
+        "class H2Protocol:\n",
+        "if sys.version_info < (3,):\n\n    class H2Protocol:\n        pass\n\n\n"
+        "class H2Protocol:\n",
+    ),
 )
 FIRST_BRANCH = "        try:\n            if isinstance(event, (InformationalResponse, Response)):"
-branch_after_return = replacing(FIRST_BRANCH, "        return\n" + FIRST_BRANCH)
-receiver_rebound = replacing(TRAILERS_LINE, "                self = self.other\n" + TRAILERS_LINE)
+branch_after_return = replacing((FIRST_BRANCH, "        return\n" + FIRST_BRANCH))
+receiver_rebound = replacing((TRAILERS_LINE, "                self = self.other\n" + TRAILERS_LINE))
 buffer_deleted_first = replacing(
-    TRAILERS_LINE, "                del self.stream_buffers[event.stream_id]\n" + TRAILERS_LINE
+    (TRAILERS_LINE, "                del self.stream_buffers[event.stream_id]\n" + TRAILERS_LINE)
 )
 
 

@@ -46,7 +46,7 @@ from h2fix._probe import H2Client, free_port
 from h2fix._probe import serving as serving_command
 from support.edits import Edit, in_method, method_text, replace_once, replacing
 from support.isolated import copy_package
-from support.late_data import WINDOW, answered_early, open_stream, send_body
+from support.late_data import WINDOW, answered_early, send_body
 from support.releases import h2_source
 from support.servers import TESTS, WITH_FIX
 from support.versions import needs_match_statement, served_on_default_python
@@ -848,11 +848,11 @@ def late_data_problems(served: Served) -> list[str]:
     problems = []
     client = H2Client(served.port, window=WINDOW, timeout=TIMEOUT)
     try:
-        waiting = open_stream(client, ECHO)
+        waiting = client.start_open(ECHO)
         early = answered_early(client)
         send_body(client, early, b"d" * DISCARDED, deadline)
         send_body(client, waiting, b"waiting", deadline)
-        upload = open_stream(client, ECHO)
+        upload = client.start_open(ECHO)
         send_body(client, upload, UPLOADED, deadline)
         expected = {"waiting": b"waiting", "upload": UPLOADED}
         for (name, body), response in zip(expected.items(), client.wait(waiting, upload)):

@@ -18,7 +18,6 @@ nodes that kill a trio server; tests/test_send_state.py drives that overflow its
 
 from __future__ import annotations
 
-import collections
 import json
 import re
 import subprocess
@@ -36,13 +35,20 @@ import h2fix
 from h2fix import H2FixError, Outcome, UnrecognisedStructureError
 from h2fix._probe import H2Client, free_port
 from h2fix._probe import serving as serving_command
-from support.grpc_load import given_up_calls, settle
+from support.edits import (
+    Edit,
+    handle_events_chain,
+    in_method,
+    match_case_dispatch,
+    method_text,
+    replace_once,
+    replacing,
+)
+from support.grpc_load import echo_calls, given_up_calls
 from support.isolated import copy_package
 from support.releases import h2_source
 from support.servers import TESTS
 from support.versions import served_on_default_python
-
-Edit = Callable[[str], str]
 
 # --- anchors in 0.17.3 ------------------------------------------------------------------
 
@@ -85,42 +91,6 @@ GUARDED_RESET_RELEASE = (
 )
 
 
-def replace_once(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, f"the variant's anchor is not unique: {old!r}"
-    return text.replace(old, new)
-
-
-def replacing(*pairs: tuple[str, str]) -> Edit:
-    """A variant that replaces each `old` (each must occur exactly once) by its `new`."""
-
-    def edit(text: str) -> str:
-        for old, new in pairs:
-            text = replace_once(text, old, new)
-        return text
-
-    return edit
-
-
-def method_span(text: str, name: str) -> tuple[int, int]:
-    start = re.search(rf"^    (?:async )?def {name}\(", text, re.MULTILINE)
-    assert start is not None, name
-    end = re.compile(r"^    (?:async def|def|@)", re.MULTILINE).search(text, start.end())
-    return start.start(), end.start() if end else len(text)
-
-
-def in_method(name: str, edit: Edit) -> Edit:
-    def whole(text: str) -> str:
-        start, end = method_span(text, name)
-        return text[:start] + edit(text[start:end]) + text[end:]
-
-    return whole
-
-
-def method_text(text: str, name: str) -> str:
-    start, end = method_span(text, name)
-    return text[start:end]
-
-
 # --- benign drift: the fix must still apply, and the result must serve ------------------
 
 comments = replacing(
@@ -151,30 +121,8 @@ def attributes_renamed(text: str) -> str:
     return text
 
 
-def _chain_lines(method: str) -> tuple[list[str], int, int]:
-    lines = method.splitlines(keepends=True)
-    first = next(i for i, line in enumerate(lines) if "if isinstance(event, h2.events.Req" in line)
-    last = next(i for i, line in enumerate(lines) if line == "        await self._flush()\n")
-    return lines, first, last
-
-
-def _to_match(method: str) -> str:
-    lines, first, last = _chain_lines(method)
-    out = [*lines[:first], "            match event:\n"]
-    for line in lines[first:last]:
-        branch = re.match(r"^            (?:el)?if isinstance\(event, ([\w.]+)\):$", line)
-        if branch:
-            out.append(f"                case {branch[1]}():\n")
-        else:
-            out.append("    " + line if line.strip() else line)
-    return "".join(out + lines[last:])
-
-
-match_case_dispatch = in_method("_handle_events", _to_match)
-
-
 def _reset_as_else_if(method: str) -> str:
-    lines, _, last = _chain_lines(method)
+    lines, _, last = handle_events_chain(method)
     reset = lines.index("            elif isinstance(event, h2.events.StreamReset):\n")
     nested = [
         "            else:\n",
@@ -340,21 +288,6 @@ HELPER_CALL_ON_RESET = (
     RESET_BRANCH + "                await self._discard_send_state(event.stream_id)\n",
 )
 helper_release_on_reset = replacing(HELPER_CALL_ON_RESET, (FLUSH_DEF, DISCARD_HELPER + FLUSH_DEF))
-helper_release_on_reset_and_trailers = replacing(
-    HELPER_CALL_ON_RESET,
-    (FLUSH_DEF, DISCARD_HELPER + FLUSH_DEF),
-    (
-        TRAILERS_BRANCH,
-        "            elif isinstance(event, Trailers):\n"
-        "                self.priority.unblock(event.stream_id)\n"
-        "                await self.has_data.set()\n"
-        "                await self.stream_buffers[event.stream_id].drain()\n"
-        "                self.connection.send_headers(\n"
-        "                    event.stream_id, event.headers, end_stream=True\n"
-        "                )\n"
-        "                await self._discard_send_state(event.stream_id)\n",
-    ),
-)
 UPSTREAM_TRAILERS = (
     "            elif isinstance(event, Trailers):\n"
     "                self.priority.unblock(event.stream_id)\n"
@@ -363,6 +296,14 @@ UPSTREAM_TRAILERS = (
     "                self.connection.send_headers(\n"
     "                    event.stream_id, event.headers, end_stream=True\n"
     "                )\n"
+)
+helper_release_on_reset_and_trailers = replacing(
+    HELPER_CALL_ON_RESET,
+    (FLUSH_DEF, DISCARD_HELPER + FLUSH_DEF),
+    (
+        TRAILERS_BRANCH,
+        UPSTREAM_TRAILERS + "                await self._discard_send_state(event.stream_id)\n",
+    ),
 )
 # What the fix itself writes, everywhere it writes it: nothing is left to do.
 released_everywhere = replacing(
@@ -840,19 +781,6 @@ def _env(path: list[str]) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
-def unary_calls(channel: grpc.Channel, count: int) -> collections.Counter[str]:
-    outcomes: collections.Counter[str] = collections.Counter()
-    echo = channel.unary_unary("/test.Test/Echo")
-    pending: collections.deque[Any] = collections.deque()
-    for i in range(count):
-        pending.append(echo.future(b"%d" % i, timeout=30))
-        if len(pending) == IN_FLIGHT:
-            settle(pending.popleft(), outcomes)
-    for future in pending:
-        settle(future, outcomes)
-    return outcomes
-
-
 def held_by_open_connections(port: int) -> list[tuple[int, int]]:
     client = H2Client(port)
     try:
@@ -883,7 +811,7 @@ def behaviour_problems(served: Served) -> list[str]:
         problems += held_problems(served, "after the calls given up on")
         if problems:  # a server that spins or died would make the next phase take minutes
             return problems
-        outcomes = unary_calls(channel, UNARY_CALLS)
+        outcomes = echo_calls(channel, UNARY_CALLS, IN_FLIGHT)
         if outcomes != {"ok": UNARY_CALLS}:
             problems.append(f"{UNARY_CALLS} unary calls, 50 in flight: {dict(outcomes)}")
         try:

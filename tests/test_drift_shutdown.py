@@ -45,7 +45,14 @@ import h2fix
 from h2fix import H2FixError, Outcome, UnrecognisedStructureError
 from h2fix._probe import H2Client, Response, free_port
 from h2fix._probe import serving as serving_command
-from support.edits import Edit, in_method, method_text, replace_once, replacing
+from support.edits import (
+    Edit,
+    in_method,
+    match_case_dispatch,
+    method_text,
+    replace_once,
+    replacing,
+)
 from support.grpc_app import frame
 from support.isolated import copy_package
 from support.releases import h2_source
@@ -446,23 +453,6 @@ earlier_arm_takes_shutdown_requests = replacing(
         "            if isinstance(event, h2.events.RequestReceived):\n",
     )
 )
-
-
-def _to_match(method: str) -> str:
-    lines = method.splitlines(keepends=True)
-    first = next(i for i, line in enumerate(lines) if "if isinstance(event, h2.events.Req" in line)
-    last = next(i for i, line in enumerate(lines) if line == "        await self._flush()\n")
-    out = [*lines[:first], "            match event:\n"]
-    for line in lines[first:last]:
-        branch = re.match(r"^            (?:el)?if isinstance\(event, ([\w.]+)\):$", line)
-        if branch:
-            out.append(f"                case {branch[1]}():\n")
-        else:
-            out.append("    " + line if line.strip() else line)
-    return "".join(out + lines[last:])
-
-
-match_case_dispatch = in_method("_handle_events", _to_match)
 
 
 def handle_events_aliased(text: str) -> str:
@@ -954,55 +944,17 @@ class Goaway:
 
 
 class GoawayReader(H2Client):
-    """The h2 client, with GOAWAY frames read here instead of by h2.
-
-    h2's client state machine treats any GOAWAY as the end of the connection and raises on
-    every later frame, where RFC 9113 section 6.8 lets the streams up to its last stream id
-    complete (as grpcio, curl and browsers do). So the frames are split here, each GOAWAY is
-    recorded, and the others go to h2 one by one.
-    """
+    """The h2 client (which reads GOAWAY frames itself, so the streams a GOAWAY lets
+    complete can be read), noting with each GOAWAY how many responses were done by then."""
 
     def __init__(self, port: int) -> None:
-        self.goaways: list[Goaway] = []
-        self.unread = b""
+        self.arrivals: list[Goaway] = []
         super().__init__(port)
 
-    def receive(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionError("the server closed the connection")
-        self.unread += data
-        while len(self.unread) >= 9:
-            end = 9 + int.from_bytes(self.unread[:3], "big")
-            if len(self.unread) < end:
-                break
-            frame, self.unread = self.unread[:end], self.unread[end:]
-            if frame[3] == 0x7:  # GOAWAY
-                self.goaways.append(
-                    Goaway(
-                        int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF,
-                        int.from_bytes(frame[13:17], "big"),
-                        sum(r.done for r in self.responses.values()),
-                    )
-                )
-                continue
-            for event in self.conn.receive_data(frame):
-                self._record(event)
-        self.sock.sendall(self.conn.data_to_send())
-
-    def open_request(self, path: str) -> int:
-        """A POST whose body is still to come: the server has a request in flight."""
-        stream_id: int = self.conn.get_next_available_stream_id()
-        headers = [
-            (b":method", b"POST"),
-            (b":scheme", b"http"),
-            (b":authority", b"127.0.0.1"),
-            (b":path", path.encode()),
-        ]
-        self.conn.send_headers(stream_id, headers)
-        self.send()
-        self.responses[stream_id] = Response()
-        return stream_id
+    def _goaway_received(self, last_stream_id: int, error_code: int) -> None:
+        super()._goaway_received(last_stream_id, error_code)
+        done = sum(r.done for r in self.responses.values())
+        self.arrivals.append(Goaway(last_stream_id, error_code, done))
 
     def receive_until(self, done: Callable[[], bool], seconds: float) -> bool:
         deadline = time.monotonic() + seconds
@@ -1038,10 +990,10 @@ def max_requests_problems(served: Served) -> list[str]:
 def max_requests_round(served: Served) -> list[str]:
     client = GoawayReader(served.port)
     try:
-        streams = [client.open_request("/hello") for _ in range(LIMIT_FOR_TESTS + 1)]
-        if not client.receive_until(lambda: bool(client.goaways), 10):
+        streams = [client.start_open("/hello") for _ in range(LIMIT_FOR_TESTS + 1)]
+        if not client.receive_until(lambda: bool(client.arrivals), 10):
             return [f"no GOAWAY after {len(streams)} requests, the limit being {LIMIT_FOR_TESTS}"]
-        first = client.goaways[0]
+        first = client.arrivals[0]
         problems = []
         if first.error_code != 0 or first.last_stream_id < max(streams):
             problems.append(f"the first GOAWAY abandons requests in flight: {first}")
@@ -1065,10 +1017,10 @@ def max_requests_round(served: Served) -> list[str]:
         # timeout closes the connection. The fix sends it only when no END_STREAM is still
         # to go (closing earlier is what loses the last response). If one comes, it must
         # cover every stream served.
-        client.receive_until(lambda: len(client.goaways) > 1, 1)
-        for goaway in client.goaways[1:]:
+        client.receive_until(lambda: len(client.arrivals) > 1, 1)
+        for goaway in client.arrivals[1:]:
             if goaway.last_stream_id < max(streams):
-                return [f"a closing GOAWAY abandons served streams: {client.goaways}"]
+                return [f"a closing GOAWAY abandons served streams: {client.arrivals}"]
         return []
     except OSError as error:
         return [f"the connection failed: {error!r}"]

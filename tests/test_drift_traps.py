@@ -40,13 +40,12 @@ import h2fix
 from h2fix import H2FixError, Outcome, UnrecognisedStructureError
 from h2fix._probe import free_port
 from h2fix._probe import serving as serving_command
+from support.edits import Edit, in_method, method_text, replace_once, replacing
 from support.isolated import copy_package
 from support.releases import h2_source
 from support.versions import served_on_default_python
 
 TESTS = Path(__file__).resolve().parent
-
-Edit = Callable[[str], str]
 
 
 class Verdict(enum.Enum):
@@ -110,26 +109,9 @@ STANDARD_STEPS = (
 )
 
 
-def swap(text: str, old: str, new: str) -> str:
-    count = text.count(old)
-    assert count == 1, f"the variant's anchor occurs {count} times, expected once: {old!r}"
-    return text.replace(old, new)
-
-
 def swap_all(text: str, old: str, new: str) -> str:
     assert old in text, f"the variant's anchor is missing: {old!r}"
     return text.replace(old, new)
-
-
-def edits(*pairs: tuple[str, str]) -> Edit:
-    """A variant made of anchored replacements, applied in order."""
-
-    def make(text: str) -> str:
-        for old, new in pairs:
-            text = swap(text, old, new)
-        return text
-
-    return make
 
 
 def chain(*steps: Edit) -> Edit:
@@ -139,21 +121,6 @@ def chain(*steps: Edit) -> Edit:
         return text
 
     return make
-
-
-MEMBER_START = re.compile(r"^(?:    (?:async def |def |@)|\S)", re.MULTILINE)
-
-
-def method(text: str, name: str) -> str:
-    """The text of the (first) method `name`: its def line up to the next member."""
-    start = re.search(rf"^    (?:async )?def {name}\(", text, re.MULTILINE)
-    assert start is not None, f"no method {name}"
-    end = MEMBER_START.search(text, text.index("\n", start.start()) + 1)
-    return text[start.start() : end.start() if end else len(text)]
-
-
-def in_method(name: str, edit: Edit) -> Edit:
-    return lambda text: swap(text, method(text, name), edit(method(text, name)))
 
 
 # --- 1. receiver -------------------------------------------------------------------------
@@ -187,7 +154,7 @@ def trailers_sender(name: str, receiver: str, indent: str, params: str) -> str:
     return textwrap.indent(textwrap.dedent(body), indent)
 
 
-closure_self_is_connection = edits(
+closure_self_is_connection = replacing(
     (TRAILERS_BRANCH, ""),
     (
         DISPATCH_START,
@@ -196,7 +163,7 @@ closure_self_is_connection = edits(
     ),
 )
 
-init_closure_self_is_connection = edits(
+init_closure_self_is_connection = replacing(
     (
         INIT_END,
         INIT_END
@@ -213,7 +180,7 @@ def static_helper(receiver: str) -> Edit:
     helper = "    @staticmethod\n" + trailers_sender(
         "_send_trailers", receiver, " " * 4, "\n            event: StreamEvent,"
     )
-    return edits(
+    return replacing(
         (TRAILERS_BRANCH, ""),
         (STREAM_SEND_DEF, helper + STREAM_SEND_DEF),
         (
@@ -230,7 +197,7 @@ self_named_this = in_method("stream_send", lambda m: re.sub(r"\bself\b", "this",
 
 
 def mapped_stream_id(expression: str) -> Edit:
-    return edits(
+    return replacing(
         (INIT_END, INIT_END + "        self.h2_ids: Dict[int, int] = {}  # ours -> h2's\n"),
         (NEW_BUFFER, NEW_BUFFER + "        self.h2_ids[request.stream_id] = request.stream_id\n"),
         (SEND, SEND.replace("(event.stream_id,", f"({expression},")),
@@ -245,7 +212,7 @@ CLAIM_METHOD = """\
 
 """
 
-stream_id_claimed = edits(
+stream_id_claimed = replacing(
     (INIT_END, INIT_END + "        self.trailers_sent = 0\n"),
     (STREAM_SEND_DEF, CLAIM_METHOD + STREAM_SEND_DEF),
     (SEND, SEND.replace("(event.stream_id,", "(self._claim_trailers(event),")),
@@ -267,7 +234,7 @@ UPLOAD_METHOD = """\
         await self.upload_buffers[stream_id].drain()
 
 """
-upload_block_first = edits(
+upload_block_first = replacing(
     (INIT_END, INIT_END + UPLOAD_STATE), (INITIATE_DEF, UPLOAD_METHOD + INITIATE_DEF)
 )
 
@@ -279,7 +246,7 @@ END_OF_BODY_HELPER = """\
         await self.stream_buffers[stream_id].drain()
 
 """
-end_of_body_in_helper = edits(
+end_of_body_in_helper = replacing(
     (
         END_OF_BODY,
         "            elif isinstance(event, (EndBody, EndData)):\n"
@@ -288,7 +255,7 @@ end_of_body_in_helper = edits(
     (HANDLE_EVENTS_DEF, END_OF_BODY_HELPER + HANDLE_EVENTS_DEF),
 )
 
-drain_renamed = edits(
+drain_renamed = replacing(
     ("    async def drain(self) -> None:\n", "    async def wait_empty(self) -> None:\n"),
     (DRAIN, DRAIN.replace(".drain()", ".wait_empty()")),
 )
@@ -323,8 +290,8 @@ class PriorityScheduler:
 
 
 def priority_wrapper(text: str) -> str:
-    text = swap(text, CLASS_LINE, SCHEDULER + CLASS_LINE)
-    text = swap(
+    text = replace_once(text, CLASS_LINE, SCHEDULER + CLASS_LINE)
+    text = replace_once(
         text,
         "        self.priority = priority.PriorityTree()\n",
         "        self.priority = PriorityScheduler()\n",
@@ -340,10 +307,12 @@ RENAMED_INIT = INIT_END.replace("stream_buffers", "send_buffers")
 STALE_BUFFERS = (
     "        # Unused since send_buffers; kept for code that still reads it.\n" + INIT_END
 )
-stale_init_attribute = chain(buffers_renamed, edits((RENAMED_INIT, RENAMED_INIT + STALE_BUFFERS)))
+stale_init_attribute = chain(
+    buffers_renamed, replacing((RENAMED_INIT, RENAMED_INIT + STALE_BUFFERS))
+)
 reference_differs_from_init = chain(
     buffers_renamed,
-    edits(
+    replacing(
         (RENAMED_INIT, STALE_BUFFERS),
         (
             "    ) -> None:\n        if settings is not None:\n",
@@ -355,7 +324,7 @@ reference_differs_from_init = chain(
 
 # --- 4. steps matched by shape -----------------------------------------------------------
 
-decoy_inbound_drain = edits(
+decoy_inbound_drain = replacing(
     (INIT_END, INIT_END + "        self.inbound: Dict[int, StreamBuffer] = {}  # request bodies\n"),
     (
         NEW_BUFFER,
@@ -366,7 +335,7 @@ decoy_inbound_drain = edits(
     (SEND, "                await self.inbound[event.stream_id].drain()  # request read\n" + SEND),
 )
 
-decoy_activity_set = edits(
+decoy_activity_set = replacing(
     (INIT_END, INIT_END + "        self.activity = self.context.event_class()  # idle timer\n"),
     (SEND, "                await self.activity.set()\n" + SEND),
 )
@@ -381,13 +350,13 @@ class SendStats:
 
 
 """
-decoy_unblock = edits(
+decoy_unblock = replacing(
     (CLASS_LINE, SEND_STATS + CLASS_LINE),
     (INIT_END, INIT_END + "        self.stats = SendStats()\n"),
     (SEND, "                self.stats.unblock(event.stream_id)\n" + SEND),
 )
 
-steps_after_send = edits((SEND, SEND + STEPS))
+steps_after_send = replacing((SEND, SEND + STEPS))
 
 LOCAL_DRAIN = (
     "                buffer = self.stream_buffers[event.stream_id]\n"
@@ -418,7 +387,7 @@ class ValidatingConnection(h2.connection.H2Connection):
 
 
 def validating_connection(send: str) -> Edit:
-    return edits(
+    return replacing(
         (CLASS_LINE, VALIDATING_CONNECTION + CLASS_LINE),
         (
             "        self.connection = h2.connection.H2Connection(\n",
@@ -440,9 +409,9 @@ def send_with(arguments: str) -> str:
 
 def defined_twice(second_fixed: bool) -> Edit:
     def make(text: str) -> str:
-        first = method(text, "stream_send")
-        second = swap(first, TRAILERS_BRANCH, FIXED_BRANCH) if second_fixed else first
-        return swap(text, first, first + second)
+        first = method_text(text, "stream_send")
+        second = replace_once(first, TRAILERS_BRANCH, FIXED_BRANCH) if second_fixed else first
+        return replace_once(text, first, first + second)
 
     return make
 
@@ -459,21 +428,23 @@ TRAILERS_HELPER = """\
 
 
 def subclass_override_via_helper(text: str) -> str:
-    override = swap(method(text, "stream_send"), TRAILERS_BRANCH, HELPER_SEND)
-    text = swap(text, CLASS_LINE, "class _BaseH2Protocol:\n")
+    override = replace_once(method_text(text, "stream_send"), TRAILERS_BRANCH, HELPER_SEND)
+    text = replace_once(text, CLASS_LINE, "class _BaseH2Protocol:\n")
     return text + "\n\nclass H2Protocol(_BaseH2Protocol):\n" + override + TRAILERS_HELPER
 
 
 def class_body_alias(text: str) -> str:
-    original = method(text, "stream_send")
-    renamed = swap(original, STREAM_SEND_DEF, STREAM_SEND_DEF.replace("stream_send", "_send_event"))
-    return swap(text, original, renamed + "    stream_send = _send_event\n\n")
+    original = method_text(text, "stream_send")
+    renamed = replace_once(
+        original, STREAM_SEND_DEF, STREAM_SEND_DEF.replace("stream_send", "_send_event")
+    )
+    return replace_once(text, original, renamed + "    stream_send = _send_event\n\n")
 
 
 def class_per_version(live_first: bool) -> Edit:
     def make(text: str) -> str:
         start = text.index(CLASS_LINE)
-        head = swap(text[:start], "import h2\n", "import sys\n\nimport h2\n")
+        head = replace_once(text[:start], "import h2\n", "import sys\n\nimport h2\n")
         body = textwrap.indent(text[start:], "    ")
         condition = ">= (3, 0)" if live_first else "< (3, 0)"
         return f"{head}if sys.version_info {condition}:\n{body}else:\n{body}"
@@ -485,21 +456,23 @@ def after_return(live_branch: str, helper: str = "") -> Edit:
     """stream_send delegates and returns first; its own dispatch is dead code."""
 
     def make(text: str) -> str:
-        original = method(text, "stream_send")
-        dead = swap(
+        original = method_text(text, "stream_send")
+        dead = replace_once(
             original,
             STREAM_SEND_DEF,
             STREAM_SEND_DEF + "        await self._dispatch(event)\n        return\n",
         )
-        live = swap(original, STREAM_SEND_DEF, STREAM_SEND_DEF.replace("stream_send", "_dispatch"))
-        live = swap(live, TRAILERS_BRANCH, live_branch)
-        return swap(text, original, dead + live + helper + ("\n" if helper else ""))
+        live = replace_once(
+            original, STREAM_SEND_DEF, STREAM_SEND_DEF.replace("stream_send", "_dispatch")
+        )
+        live = replace_once(live, TRAILERS_BRANCH, live_branch)
+        return replace_once(text, original, dead + live + helper + ("\n" if helper else ""))
 
     return make
 
 
 class_not_exported = chain(
-    edits((CLASS_LINE, "class H2ProtocolV1:\n")),
+    replacing((CLASS_LINE, "class H2ProtocolV1:\n")),
     lambda text: (
         text + "\n\n# The protocol moved to h2_impl; H2ProtocolV1 is kept for reference.\n"
         "from .h2_impl import H2Protocol  # noqa: E402\n"
@@ -518,7 +491,7 @@ def appended(code: str) -> Edit:
 
 renamed_locals = chain(
     in_method("stream_send", lambda m: re.sub(r"\bevent\b", "outgoing", m)),
-    edits(
+    replacing(
         (
             "                self.connection.send_headers(outgoing.stream_id, outgoing.headers)\n",
             "                trailing = outgoing.headers\n"
@@ -527,7 +500,7 @@ renamed_locals = chain(
     ),
 )
 
-commented = edits(
+commented = replacing(
     (
         "            elif isinstance(event, Trailers):\n",
         "            # HTTP/2 trailers: one more HEADERS frame, after the body.\n"
@@ -540,7 +513,7 @@ commented = edits(
 def trailers_branch_first(text: str) -> str:
     first = "            if isinstance(event, (InformationalResponse, Response)):\n"
     moved = TRAILERS_BRANCH.replace("elif", "if", 1) + first.replace("if", "elif", 1)
-    return swap(swap(text, TRAILERS_BRANCH, ""), first, moved)
+    return replace_once(replace_once(text, TRAILERS_BRANCH, ""), first, moved)
 
 
 def nested_else(branch: str) -> Edit:
@@ -558,7 +531,7 @@ def nested_else(branch: str) -> Edit:
     return in_method("stream_send", edit)
 
 
-docstrings = edits(
+docstrings = replacing(
     (CLASS_LINE, CLASS_LINE + '    """One HTTP/2 connection: h2 state, streams, send loop."""\n\n'),
     (
         STREAM_SEND_DEF,
@@ -566,7 +539,7 @@ docstrings = edits(
     ),
 )
 
-annotated_local = edits(
+annotated_local = replacing(
     (
         SEND,
         "                headers: List[Tuple[bytes, bytes]] = list(event.headers)\n"
@@ -574,7 +547,7 @@ annotated_local = edits(
     )
 )
 
-stream_id_local = edits(
+stream_id_local = replacing(
     (
         SEND,
         "                stream_id: int = event.stream_id\n"
@@ -582,7 +555,7 @@ stream_id_local = edits(
     )
 )
 
-extra_logging = edits(
+extra_logging = replacing(
     ("import h2\n", "import logging\n\nimport h2\n"),
     ("BUFFER_LOW_WATER = ", "logger = logging.getLogger(__name__)\nBUFFER_LOW_WATER = "),
     (
@@ -763,11 +736,11 @@ VARIANTS: dict[str, Variant] = {
         " order (a needless refusal, accepted: the reviewer's verdict was fix)",
     ),
     "upstream-fix-drain-via-local": Variant(
-        "4 steps", edits((SEND, UNBLOCK_AND_SET + LOCAL_DRAIN + FIXED_SEND)), LEAVE,
+        "4 steps", replacing((SEND, UNBLOCK_AND_SET + LOCAL_DRAIN + FIXED_SEND)), LEAVE,
         "already fixed, draining through a local: a second drain is not wanted",
     ),
     "half-fixed-drain-via-local": Variant(
-        "4 steps", edits((SEND, LOCAL_DRAIN + SEND)), FIX,
+        "4 steps", replacing((SEND, LOCAL_DRAIN + SEND)), FIX,
         "drains through a local already: add unblock/set and END_STREAM, not a second drain",
         steps=STANDARD_STEPS[:2], check=one_drain,
     ),
@@ -785,22 +758,22 @@ VARIANTS: dict[str, Variant] = {
         "send_headers is the module's own override, not h2's: the call is not the one known",
     ),
     "fullwidth-end-stream-false": Variant(
-        "5 send_headers", edits((SEND, send_with("\uff45nd_stream=False"))), FIX,
+        "5 send_headers", replacing((SEND, send_with("\uff45nd_stream=False"))), FIX,
         "NFKC makes the keyword end_stream: it must be replaced, not duplicated or kept",
         steps=STANDARD_STEPS,
     ),
     "end-stream-called-later": Variant(
-        "5 send_headers", edits((SEND, SEND + END_STREAM_LATER)), REFUSE,
+        "5 send_headers", replacing((SEND, SEND + END_STREAM_LATER)), REFUSE,
         "a later connection.end_stream() would raise once the trailers end the stream, skipping"
         " the flush",
     ),
     "h2-third-positional-false": Variant(
-        "5 send_headers", edits((SEND, send_with("False"))), FIX,
+        "5 send_headers", replacing((SEND, send_with("False"))), FIX,
         "on h2's own connection the third positional parameter is end_stream",
         steps=STANDARD_STEPS,
     ),
     "upstream-fix-positional-true": Variant(
-        "5 send_headers", edits((SEND, STEPS + send_with("True"))), LEAVE,
+        "5 send_headers", replacing((SEND, STEPS + send_with("True"))), LEAVE,
         "already fixed, END_STREAM passed positionally to h2's send_headers",
     ),
     # 6. dead or unseen code
@@ -846,7 +819,7 @@ VARIANTS: dict[str, Variant] = {
     ),
     # 7. unparsable
     "syntax-error": Variant(
-        "7 errors", edits(("isinstance(event, Trailers):", "isinstance(event, Trailers)")),
+        "7 errors", replacing(("isinstance(event, Trailers):", "isinstance(event, Trailers)")),
         UNPARSABLE, "a missing colon",
     ),
     "deep-nesting": Variant(
@@ -858,7 +831,7 @@ VARIANTS: dict[str, Variant] = {
         "LibCST parses it, compile() rejects it (too many nested parentheses)",
     ),
     "break-outside-loop": Variant(
-        "7 errors", edits((SEND, SEND + "                break\n")), UNPARSABLE,
+        "7 errors", replacing((SEND, SEND + "                break\n")), UNPARSABLE,
         "LibCST parses it, compile() rejects it ('break' outside loop)",
     ),
     "null-byte": Variant(
@@ -903,16 +876,16 @@ VARIANTS: dict[str, Variant] = {
                              steps=STANDARD_STEPS),
     "keywords-reordered": Variant(
         "8 benign",
-        edits((SEND, "                self.connection.send_headers("
+        replacing((SEND, "                self.connection.send_headers("
                      "headers=event.headers, stream_id=event.stream_id)\n")),
         FIX, "send_headers(headers=…, stream_id=…)", steps=STANDARD_STEPS,
     ),
     # controls
     "upstream-0.18-branch": Variant(
-        "control", edits((TRAILERS_BRANCH, FIXED_BRANCH)), LEAVE, "0.18.0's branch, verbatim",
+        "control", replacing((TRAILERS_BRANCH, FIXED_BRANCH)), LEAVE, "0.18.0's branch, verbatim",
     ),
     "no-trailers-support": Variant(
-        "control", edits((TRAILERS_BRANCH, ""), ("    Trailers,\n", "")), LEAVE,
+        "control", replacing((TRAILERS_BRANCH, ""), ("    Trailers,\n", "")), LEAVE,
         "no Trailers branch at all (as <= 0.16)",
     ),
 }  # fmt: skip
@@ -1109,7 +1082,7 @@ def test_patched_variant_serves_grpc(tmp_path: Path, original: str, name: str) -
 @pytest.mark.server
 def test_harness_tells_a_wrong_patch(tmp_path: Path, original: str) -> None:
     """A plausible wrong patch (END_STREAM without the drain), served as is, fails the check."""
-    wrong = swap(original, SEND, UNBLOCK_AND_SET + FIXED_SEND)
+    wrong = replace_once(original, SEND, UNBLOCK_AND_SET + FIXED_SEND)
     with (
         serving_variant(tmp_path, wrong, apply=False) as port,
         pytest.raises((grpc.RpcError, AssertionError)),
@@ -1120,7 +1093,7 @@ def test_harness_tells_a_wrong_patch(tmp_path: Path, original: str) -> None:
 @pytest.mark.server
 def test_harness_passes_a_right_patch(tmp_path: Path, original: str) -> None:
     """0.18.0's branch, served as is, passes the check."""
-    right = swap(original, TRAILERS_BRANCH, FIXED_BRANCH)
+    right = replace_once(original, TRAILERS_BRANCH, FIXED_BRANCH)
     with serving_variant(tmp_path, right, apply=False) as port:
         grpc_calls(port)
 

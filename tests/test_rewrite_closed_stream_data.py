@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import textwrap
 
-import libcst as cst
 import pytest
 
 import h2fix
 from h2fix import Outcome
 from support.refusals import assert_refusal_recorded, assert_refused
+from support.tables import assert_rewritten, handle_events_module, release_ids
 from support.versions import rows
 
 INIT = """\
@@ -72,24 +72,8 @@ def module(*branches: str, init: str = INIT, receiver: str = "self", after: str 
     chain = "if isinstance(event, h2.events.RequestReceived):\n    await self._create(event)\n"
     chain += "".join(textwrap.dedent(b) for b in branches)
     chain += "elif isinstance(event, h2.events.WindowUpdated):\n    await self._update(event)\n"
-    if receiver != "self":
-        chain = chain.replace("self.", f"{receiver}.")
-        init = init.replace("self.", f"{receiver}.")
-    return (
-        "import h2.connection\nimport h2.events\n\n\n"
-        "class H2Protocol:\n"
-        f"    def __init__({receiver}) -> None:\n"
-        f"{textwrap.indent(textwrap.dedent(init), ' ' * 8)}\n"
-        # The caller hands the dispatch what h2 received, whole (the fix proves it).
-        f"    async def handle({receiver}, data):\n"
-        f"        events = {receiver}.connection.receive_data(data)\n"
-        f"        await {receiver}._handle_events(events)\n\n"
-        f"    async def _handle_events({receiver}, events):\n"
-        "        for event in events:\n"
-        f"{textwrap.indent(chain, ' ' * 12)}"
-        f"        await {receiver}._flush()\n"
-        f"{textwrap.indent(textwrap.dedent(after), '    ')}"
-    )
+    imports = "import h2.connection\nimport h2.events\n"
+    return handle_events_module(chain, init=init, imports=imports, receiver=receiver, after=after)
 
 
 def rewrite(source: str) -> h2fix.Rewrite:
@@ -202,17 +186,7 @@ REWRITES = {
 
 @pytest.mark.parametrize(("before", "after"), REWRITES.values(), ids=REWRITES.keys())
 def test_rewrites(before: str, after: str) -> None:
-    cst.parse_module(after)
-    result = rewrite(before)
-    assert result.source == after
-    [outcome] = result.outcomes
-    assert outcome.outcome is Outcome.REWRITTEN
-    assert outcome.functions == ("H2Protocol._handle_events",)
-    compile(result.source, "h2.py", "exec", dont_inherit=True)
-    # Idempotent: the rewritten module needs nothing more.
-    again = rewrite(result.source)
-    assert again.outcomes[0].outcome is Outcome.FIXED_UPSTREAM
-    assert again.source == result.source
+    assert_rewritten("closed_stream_data", before, after, ("H2Protocol._handle_events",))
 
 
 def test_hypercorn_0_16_names_both_events() -> None:
@@ -642,9 +616,7 @@ RELEASES = {
 
 
 @pytest.mark.network
-@pytest.mark.parametrize(
-    ("release", "expected"), RELEASES.items(), ids=["-".join(r) for r in RELEASES]
-)
+@pytest.mark.parametrize(("release", "expected"), RELEASES.items(), ids=release_ids(RELEASES))
 def test_release_is_classified(release: tuple[str, str], expected: tuple[str, Outcome]) -> None:
     from support.releases import h2_source
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import textwrap
 
-import libcst as cst
 import pytest
 
 import h2fix
 from h2fix import Outcome
 from support.refusals import assert_refusal_recorded, assert_refused
+from support.tables import RELEASES, assert_rewritten, handle_events_module, release_ids
 from support.versions import rows
 
 IMPORTS = "import h2\nimport h2.connection\nimport h2.events\n"
@@ -47,20 +47,7 @@ def module(
     """A protocol class in Hypercorn's shape whose `_handle_events` starts with `request`."""
     chain = textwrap.dedent(request)
     chain += "elif isinstance(event, h2.events.DataReceived):\n    await self._data(event)\n"
-    if receiver != "self":
-        chain = chain.replace("self.", f"{receiver}.")
-        init = init.replace("self.", f"{receiver}.")
-    return (
-        f"{imports}\n\n"
-        "class H2Protocol:\n"
-        f"    def __init__({receiver}) -> None:\n"
-        f"{textwrap.indent(textwrap.dedent(init), ' ' * 8)}\n"
-        f"    async def _handle_events({receiver}, events):\n"
-        "        for event in events:\n"
-        f"{textwrap.indent(chain, ' ' * 12)}"
-        f"        await {receiver}._flush()\n"
-        f"{textwrap.indent(textwrap.dedent(after), '    ')}"
-    )
+    return handle_events_module(chain, init=init, imports=imports, receiver=receiver, after=after)
 
 
 def rewrite(source: str) -> h2fix.Rewrite:
@@ -157,18 +144,8 @@ REWRITES = {
 
 @pytest.mark.parametrize(("before", "after"), REWRITES.values(), ids=REWRITES.keys())
 def test_rewrites(before: str, after: str) -> None:
-    cst.parse_module(after)
-    result = rewrite(before)
-    assert result.source == after
-    [outcome] = result.outcomes
-    assert outcome.outcome is Outcome.REWRITTEN
-    assert outcome.functions == ("H2Protocol._handle_events",)
+    outcome = assert_rewritten("graceful_shutdown", before, after, ("H2Protocol._handle_events",))
     assert "REFUSED_STREAM" in outcome.message
-    compile(result.source, "h2.py", "exec", dont_inherit=True)
-    # Idempotent: the rewritten module needs nothing more.
-    again = rewrite(result.source)
-    assert again.outcomes[0].outcome is Outcome.FIXED_UPSTREAM
-    assert again.source == result.source
 
 
 def test_served_through_a_subclass_rewrites_the_base() -> None:
@@ -445,20 +422,9 @@ def test_refusal_is_recorded_when_not_strict() -> None:
 
 # --- the real releases ---------------------------------------------------------------
 
-RELEASES = [
-    ("hypercorn", "0.16.0"),
-    ("hypercorn", "0.17.0"),
-    ("hypercorn", "0.17.3"),
-    ("hypercorn", "0.18.0"),
-    ("anycorn", "0.18.1"),
-    ("anycorn", "0.18.7"),
-    ("anycorn", "0.19.0"),
-    ("anycorn", "0.20.1"),
-]
-
 
 @pytest.mark.network
-@pytest.mark.parametrize("release", RELEASES, ids=["-".join(r) for r in RELEASES])
+@pytest.mark.parametrize("release", RELEASES, ids=release_ids(RELEASES))
 def test_release_is_rewritten(release: tuple[str, str]) -> None:
     """No release refuses retry-safely yet: each resets with NO_ERROR, and only that changes."""
     from support.releases import h2_source

@@ -12,6 +12,7 @@ import pytest
 import h2fix
 from h2fix import Outcome
 from support.refusals import assert_refusal_recorded, assert_refused
+from support.tables import RELEASES, assert_rewritten, release_ids
 from support.versions import composed_on_default_python, rows
 
 IMPORTS = """\
@@ -216,17 +217,8 @@ REWRITES = {
 
 @pytest.mark.parametrize(("before", "after"), REWRITES.values(), ids=REWRITES.keys())
 def test_rewrites(before: str, after: str) -> None:
-    cst.parse_module(after)
-    result = rewrite(before)
-    assert result.source == after
-    [outcome] = result.outcomes
-    assert outcome.outcome is Outcome.REWRITTEN
-    assert outcome.functions == ("H2Protocol._handle_events", "H2Protocol.stream_send")
-    compile(result.source, "h2.py", "exec", dont_inherit=True)
-    # Idempotent: the rewritten module needs nothing more.
-    again = rewrite(result.source)
-    assert again.outcomes[0].outcome is Outcome.FIXED_UPSTREAM
-    assert again.source == result.source
+    functions = ("H2Protocol._handle_events", "H2Protocol.stream_send")
+    assert_rewritten("max_requests", before, after, functions)
 
 
 def test_the_frame_is_a_goaway_that_lets_every_stream_finish() -> None:
@@ -549,17 +541,6 @@ def test_never_half() -> None:
 
 # --- the real releases ---------------------------------------------------------------
 
-RELEASES = [
-    ("hypercorn", "0.16.0"),
-    ("hypercorn", "0.17.0"),
-    ("hypercorn", "0.17.3"),
-    ("hypercorn", "0.18.0"),
-    ("anycorn", "0.18.1"),
-    ("anycorn", "0.18.7"),
-    ("anycorn", "0.19.0"),
-    ("anycorn", "0.20.1"),
-]
-
 
 @pytest.mark.network
 def test_release_without_a_request_limit_is_not_applicable() -> None:
@@ -572,7 +553,7 @@ def test_release_without_a_request_limit_is_not_applicable() -> None:
 
 
 @pytest.mark.network
-@pytest.mark.parametrize("release", RELEASES, ids=["-".join(r) for r in RELEASES])
+@pytest.mark.parametrize("release", RELEASES, ids=release_ids(RELEASES))
 def test_release_is_rewritten(release: tuple[str, str]) -> None:
     """Every release closes at once; only the close and the idle test change."""
     from support.releases import h2_source
@@ -614,7 +595,7 @@ def _changed_lines(before: str, after: str) -> tuple[set[str], set[str]]:
 
 @pytest.mark.network
 @composed_on_default_python
-@pytest.mark.parametrize("release", SUBSET_RELEASES, ids=["-".join(r) for r in SUBSET_RELEASES])
+@pytest.mark.parametrize("release", SUBSET_RELEASES, ids=release_ids(SUBSET_RELEASES))
 def test_every_subset_of_the_fixes_composes(release: tuple[str, str]) -> None:
     """The runtime applies fixes in table order on one tree: for every subset, each fix does
     what it does alone (same outcome, same lines changed), and the result compiles.

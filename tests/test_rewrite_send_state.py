@@ -13,6 +13,7 @@ import h2fix
 from h2fix import Outcome, UnrecognisedStructureError
 from h2fix._environment import H2_KEYWORD_EVENTS
 from support.releases import h2_source
+from support.tables import assert_rewritten, release_ids
 from support.versions import rows
 
 BUFFER_CLASS = """\
@@ -297,15 +298,8 @@ REWRITES = {
     ("before", "after", "functions"), rows(REWRITES, match_statement=MATCH_ROWS)
 )
 def test_rewrites(before: dict[str, str], after: dict[str, str], functions: tuple[str]) -> None:
-    expected = module(**after)
-    cst.parse_module(expected)
-    result = rewrite(module(**before))
-    assert result.source == expected
-    [outcome] = result.outcomes
-    assert (outcome.outcome, outcome.functions) == (Outcome.REWRITTEN, functions)
-    # Its own output needs nothing more.
-    again = rewrite(result.source)
-    assert (again.changed, again.outcomes[0].outcome) == (False, Outcome.FIXED_UPSTREAM)
+    after_module = module(**after)
+    assert_rewritten("send_state", module(**before), after_module, functions, H2_KEYWORD_EVENTS)
 
 
 NOOPS = {
@@ -531,9 +525,7 @@ RELEASES = {
 
 
 @pytest.mark.network
-@pytest.mark.parametrize(
-    ("release", "functions"), RELEASES.items(), ids=["-".join(r) for r in RELEASES]
-)
+@pytest.mark.parametrize(("release", "functions"), RELEASES.items(), ids=release_ids(RELEASES))
 def test_releases(release: tuple[str, str], functions: tuple[str, ...]) -> None:
     source = h2_source(*release)
     result = h2fix.rewrite(source, strict=True)

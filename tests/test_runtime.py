@@ -17,13 +17,8 @@ import h2fix
 from h2fix import Outcome
 from support.isolated import copy_package, run_python
 from support.releases import unpacked
+from support.runtime import every_fix, on_top_of_trailers, stream_send
 from support.versions import needs_anycorn, needs_hypercorn_018
-
-
-def stream_send() -> Any:
-    from hypercorn.protocol.h2 import H2Protocol
-
-    return H2Protocol.__dict__["stream_send"]
 
 
 def test_import_h2fix_imports_neither_libcst_nor_the_server() -> None:
@@ -39,14 +34,7 @@ def test_import_h2fix_imports_neither_libcst_nor_the_server() -> None:
 def test_status_changes_nothing() -> None:
     original = stream_send()
     report = h2fix.status()
-    assert [(f.fix, f.outcome) for f in report.fixes] == [
-        ("trailers", Outcome.PENDING),
-        ("request_received", Outcome.PENDING),
-        ("send_state", Outcome.PENDING),
-        ("closed_stream_data", Outcome.PENDING),
-        ("graceful_shutdown", Outcome.PENDING),
-        ("max_requests", Outcome.PENDING),
-    ]
+    assert [(f.fix, f.outcome) for f in report.fixes] == every_fix(Outcome.PENDING)
     assert report.pending
     assert (report.target, report.version) == ("hypercorn", "0.17.3")
     assert report.file.endswith("hypercorn/protocol/h2.py")
@@ -175,14 +163,7 @@ def test_seed_names() -> None:
     trailers_only = stream_send()
     full = h2fix.patch_h2_protocol()
     # The wider set is applied on top; trailers was there already.
-    assert [(f.fix, f.outcome) for f in full.fixes] == [
-        ("trailers", Outcome.ALREADY_APPLIED),
-        ("request_received", Outcome.APPLIED),
-        ("send_state", Outcome.APPLIED),
-        ("closed_stream_data", Outcome.APPLIED),
-        ("graceful_shutdown", Outcome.APPLIED),
-        ("max_requests", Outcome.APPLIED),
-    ]
+    assert [(f.fix, f.outcome) for f in full.fixes] == on_top_of_trailers()
     assert H2Protocol.__dict__["initiate"] is not initiate
     assert stream_send() is not trailers_only  # recompiled from the one rewritten source
     h2fix.revert()

@@ -14,15 +14,16 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 import h2fix
 from h2fix import Outcome
+from support.edits import replace_once
 from support.isolated import copy_package, run_python
 from support.releases import unpacked
+from support.runtime import every_fix, on_top_of_trailers, stream_send
 from support.servers import serving
 from support.versions import needs_hypercorn_018, needs_patchy
 
@@ -31,11 +32,6 @@ FUTURE_IMPORT = "from __future__ import annotations\n"
 UNTAKEN_STUB = (
     "        async def stream_send(self, event):\n            raise NotImplementedError\n"
 )
-
-
-def replace_once(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, f"the edit's anchor is not unique: {old!r}"
-    return text.replace(old, new)
 
 
 def with_sys(text: str) -> str:
@@ -301,12 +297,6 @@ def test_revert_after_reload_says_what_it_did() -> None:
 # --- 5. code replaced in place -----------------------------------------------------
 
 
-def stream_send() -> Any:
-    from hypercorn.protocol.h2 import H2Protocol
-
-    return H2Protocol.__dict__["stream_send"]
-
-
 @needs_patchy
 def test_code_replaced_in_place_is_noticed() -> None:
     """patchy assigns __code__ on h2fix's own function object: status(), apply() and
@@ -341,14 +331,7 @@ def test_patched_block_keeps_what_was_applied_before_it() -> None:
     initiate = H2Protocol.__dict__["initiate"]
     h2fix.patch_h2_protocol_minimal()
     with h2fix.patched() as report:
-        assert [(f.fix, f.outcome) for f in report.fixes] == [
-            ("trailers", Outcome.ALREADY_APPLIED),
-            ("request_received", Outcome.APPLIED),
-            ("send_state", Outcome.APPLIED),
-            ("closed_stream_data", Outcome.APPLIED),
-            ("graceful_shutdown", Outcome.APPLIED),
-            ("max_requests", Outcome.APPLIED),
-        ]
+        assert [(f.fix, f.outcome) for f in report.fixes] == on_top_of_trailers()
         assert H2Protocol.__dict__["initiate"] is not initiate
     # Only the block's own fixes are undone; the trailers fix stays.
     assert H2Protocol.__dict__["initiate"] is initiate
@@ -453,14 +436,7 @@ def test_missing_ok_reports_a_target_that_is_not_installed(
     report = h2fix.apply("anycorn", missing_ok=True)
     assert not report.installed
     assert not report.changed
-    assert [(f.fix, f.outcome) for f in report.fixes] == [
-        ("trailers", Outcome.NOT_INSTALLED),
-        ("request_received", Outcome.NOT_INSTALLED),
-        ("send_state", Outcome.NOT_INSTALLED),
-        ("closed_stream_data", Outcome.NOT_INSTALLED),
-        ("graceful_shutdown", Outcome.NOT_INSTALLED),
-        ("max_requests", Outcome.NOT_INSTALLED),
-    ]
+    assert [(f.fix, f.outcome) for f in report.fixes] == every_fix(Outcome.NOT_INSTALLED)
     assert str(report).splitlines()[0] == "anycorn (not installed)"
     assert not h2fix.status("anycorn", missing_ok=True).installed
     with h2fix.patched("anycorn", fixes=["trailers"], missing_ok=True) as inside:

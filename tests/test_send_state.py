@@ -13,7 +13,6 @@ Every test lifts keep_alive_max_requests: Hypercorn closes an HTTP/2 connection 
 
 from __future__ import annotations
 
-import collections
 import json
 import signal
 import time
@@ -25,7 +24,7 @@ import grpc
 import pytest
 
 from h2fix._probe import H2Client
-from support.grpc_load import given_up_calls, settle
+from support.grpc_load import echo_calls, given_up_calls
 from support.releases import unpacked
 from support.servers import WITH_FIX, running_server
 from support.versions import needs_anycorn, needs_hypercorn_018
@@ -75,19 +74,13 @@ def wait_until_idle(port: int) -> list[tuple[int, int]]:
 def unary_calls(port: int, count: int, sample_every: int = 250) -> tuple[Any, list[int]]:
     """`count` Echo calls, IN_FLIGHT at a time, on one channel; the outcomes, and the
     largest priority tree of the server's connections every `sample_every` calls."""
-    outcomes: collections.Counter[str] = collections.Counter()
-    largest = []
+    largest: list[int] = []
+
+    def sample() -> None:
+        largest.append(max(nodes for _, nodes in open_connections(port)))
+
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        echo = channel.unary_unary("/test.Test/Echo")
-        pending: collections.deque[Any] = collections.deque()
-        for i in range(count):
-            pending.append(echo.future(b"%d" % i, timeout=30))
-            if len(pending) == IN_FLIGHT:
-                settle(pending.popleft(), outcomes)
-            if i % sample_every == sample_every - 1:
-                largest.append(max(nodes for _, nodes in open_connections(port)))
-        for future in pending:
-            settle(future, outcomes)
+        outcomes = echo_calls(channel, count, IN_FLIGHT, every=(sample_every, sample))
     return outcomes, largest
 
 
@@ -110,17 +103,9 @@ def test_without_send_state_the_trio_server_dies(tmp_path: Path) -> None:
     extra = ["--inspect", *KEEP_ALIVE, *others]
     with running_server(tmp_path, "hypercorn", "trio", extra=extra) as (port, process):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            echo = channel.unary_unary("/test.Test/Echo")
-            outcomes: collections.Counter[str] = collections.Counter()
-            pending: collections.deque[Any] = collections.deque()
             # As many in flight as the server allows (100 streams): the send loop then falls
             # behind for sure, even on a busy machine where 50 let it keep up now and then.
-            for i in range(1500):
-                pending.append(echo.future(b"%d" % i, timeout=30))
-                if len(pending) == CONTROL_IN_FLIGHT:
-                    settle(pending.popleft(), outcomes)
-            for future in pending:
-                settle(future, outcomes)
+            outcomes = echo_calls(channel, 1500, CONTROL_IN_FLIGHT)
         assert outcomes["ok"] < 1500, outcomes
         assert process.wait(timeout=10) != 0  # TooManyStreamsError ended the process
     log = next(tmp_path.glob("server-*.log")).read_text()

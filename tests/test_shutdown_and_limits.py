@@ -34,9 +34,9 @@ import h2.errors
 import pytest
 
 from h2fix._probe import H2Client
+from support import grpc_load
 from support.frames import MAX_STREAM_ID, FrameReader, Frames
 from support.grpc_app import frame, unframe
-from support.grpc_load import settle
 from support.releases import unpacked
 from support.servers import WITH_FIX, running_server
 from support.versions import BEFORE_310, needs_hypercorn_018
@@ -164,17 +164,8 @@ IN_FLIGHT = 50
 def echo_calls(port: int, count: int = CALLS) -> collections.Counter[str]:
     """`count` Echo calls, IN_FLIGHT at a time, on one channel (one connection until the
     server asks the client to open another): how they ended."""
-    outcomes: collections.Counter[str] = collections.Counter()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        echo = channel.unary_unary("/test.Test/Echo")
-        pending: collections.deque[Any] = collections.deque()
-        for i in range(count):
-            pending.append(echo.future(b"%d" % i, timeout=30))
-            if len(pending) == IN_FLIGHT:
-                settle(pending.popleft(), outcomes)
-        for future in pending:
-            settle(future, outcomes)
-    return outcomes
+        return grpc_load.echo_calls(channel, count, IN_FLIGHT)
 
 
 @pytest.mark.parametrize("server", SERVERS)

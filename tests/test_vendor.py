@@ -17,6 +17,7 @@ import h2fix
 from h2fix._vendor import MARKER, _invocation_entry, protected_places
 from support.isolated import copy_package
 from support.releases import unpacked, wheel
+from support.runtime import FIXES
 from support.servers import ROOT
 from support.versions import needs_anycorn, needs_hypercorn_018
 
@@ -158,14 +159,7 @@ def test_command_prints_paths_relative_to_the_current_directory_and_usage(
 def test_one_fix_while_another_is_pending(tmp_path: Path) -> None:
     # With h2 >= 4.3 request_received is pending too; only the selected fix is checked.
     pending = [f.fix for f in h2fix.status("hypercorn").fixes if f.outcome.changes_code]
-    assert pending == [
-        "trailers",
-        "request_received",
-        "send_state",
-        "closed_stream_data",
-        "graceful_shutdown",
-        "max_requests",
-    ]
+    assert pending == list(FIXES)
     result = vendor("--out", tmp_path, "--fix", "trailers", cli=True)
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "hypercorn" / "protocol" / "h2.py").read_text()

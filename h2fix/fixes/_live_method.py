@@ -33,6 +33,8 @@ from ._syntax import (
     module_classes,
     module_statements,
     self_attribute,
+    statement_names,
+    statements_before,
     subclasses,
     walk,
 )
@@ -133,6 +135,19 @@ class BranchFinder:
 
 def find_branches(module: cst.Module, fix: str, events: tuple[str, ...]) -> list[Branch]:
     return BranchFinder(module, fix, events).find()
+
+
+def only_branch(fix: str, event: str, branches: Sequence[Branch]) -> Branch:
+    """The one branch for `event` among `branches` (at least one): with two, which one the
+    server runs for the event is a guess."""
+    if len(branches) > 1:
+        raise UnrecognisedStructureError(
+            fix,
+            "<module>",
+            f"one {event} branch",
+            f"{len(branches)}: in {', '.join(b.where for b in branches)}",
+        )
+    return branches[0]
 
 
 # --- prove -----------------------------------------------------------------------
@@ -238,7 +253,7 @@ class LiveMethods:
 
     def prove(self, branch: Branch) -> Live:
         """Every check on the method holding `branch`, in the order their refusals read best."""
-        cls, method = self.method_of_module_class(branch)
+        cls, method = self.method_of_module_class(branch.ancestors)
         self.undecorated(method)
         receiver = self.receiver(method)
         self.class_defined_once(cls)
@@ -250,10 +265,12 @@ class LiveMethods:
 
     # Each check: one obligation, its refusal beside it.
 
-    def method_of_module_class(self, branch: Branch) -> tuple[cst.ClassDef, cst.FunctionDef]:
-        """The branch is directly in a method (the rewrite acts on that method's `self`), of
-        a class directly in the module (the one module-level name the server can reach)."""
-        ancestors = branch.ancestors
+    def method_of_module_class(
+        self, ancestors: Sequence[cst.CSTNode]
+    ) -> tuple[cst.ClassDef, cst.FunctionDef]:
+        """The code below `ancestors` (from the module down) is directly in a method (the
+        rewrite acts on that method's `self`), of a class directly in the module (the one
+        module-level name the server can reach)."""
         scopes = [
             i for i, n in enumerate(ancestors) if isinstance(n, (cst.ClassDef, cst.FunctionDef))
         ]
@@ -274,8 +291,8 @@ class LiveMethods:
     def undecorated(self, method: cst.FunctionDef) -> None:
         if method.decorators:
             raise Refusal(
-                "an undecorated method (a decorator may make its first parameter something "
-                "other than the protocol object, or replace the method)",
+                "an undecorated method, a plain method (a decorator may make its first "
+                "parameter something other than the protocol object, or replace the method)",
                 f"@{self.module.code_for_node(method.decorators[0].decorator)}",
             )
 
@@ -295,8 +312,8 @@ class LiveMethods:
         name = identifier(cls.name)
         if self.classes.get(name) is not cls:
             raise Refusal(
-                f"one definition of class {name} in the module (with two, which one runs "
-                "depends on how the module executes)",
+                f"one definition of class {name} in the module (the class defined once: with "
+                "two, which one runs depends on how the module executes)",
                 f"class {name} bound {len(self.bindings.get(name, []))} times",
             )
 
@@ -387,19 +404,15 @@ class LiveMethods:
         loops = [i for i in range(start, len(path)) if isinstance(path[i], (cst.For, cst.While))]
         if loops:
             start = loops[-1]
-        for parent, child in zip(path[start:], path[start + 1 :]):
-            if not isinstance(parent, cst.IndentedBlock):
-                continue
-            for statement in parent.body:
-                if statement is child:
-                    break
-                jump = _jump_in(statement)
-                if jump is not None:
-                    raise Refusal(
-                        f"nothing before the {branch.event} branch that can skip it (a "
-                        "return, raise, break or continue)",
-                        self.module.code_for_node(statement).strip(),
-                    )
+        # Unlike jump_before (a jump on its own line, which always runs), a jump anywhere
+        # in an earlier statement counts: under a condition it skips the branch for some events.
+        for statement in statements_before(path, start):
+            if _jump_in(statement) is not None:
+                raise Refusal(
+                    f"nothing before the {branch.event} branch that can skip it (a "
+                    "return, raise, break or continue)",
+                    self.module.code_for_node(statement).strip(),
+                )
 
     def no_earlier_arm_names_it(self, branch: Branch, bases: tuple[str, ...] = ()) -> None:
         """No earlier arm tests the event's own class, or a base class it is known to
@@ -412,6 +425,60 @@ class LiveMethods:
                     f"({', '.join(taken)})",
                     self.module.code_for_node(arm.test),
                 )
+
+
+# --- the checks trailers and send_state make in place of LiveMethods' stricter ones ----
+#
+# LiveMethods.method_defined_once counts every binding of the name in the class (an
+# earlier `stream_send = None` too) and LiveMethods.not_overridden refuses any other class
+# of the module defining the name; these two look only at later bindings and at
+# subclasses. Making trailers and send_state stricter would change their verdicts, so both
+# forms stay. LiveMethods.receiver makes the same check as `receiver_never_reassigned`
+# but its wording (`self` never rebound in <method>) is what the newer fixes' refusals
+# say, and this one's is what trailers' and send_state's say.
+
+
+def rebound_later(cls: cst.ClassDef, method: cst.FunctionDef) -> bool:
+    """A later statement of the class body binds the method's name: this one never runs."""
+    statements: list[cst.CSTNode] = list(cls.body.body)
+    position = next((i for i, s in enumerate(statements) if s is method), len(statements))
+    return identifier(method.name) in statement_names(statements[position + 1 :])
+
+
+def not_replaced_later(cls: cst.ClassDef, method: cst.FunctionDef) -> None:
+    name = identifier(method.name)
+    if rebound_later(cls, method):
+        raise Refusal(
+            f"{name} defined once in class {identifier(cls.name)} (a later definition "
+            "or assignment replaces this one, which then never runs)",
+            f"{name} bound again later in the class body",
+        )
+
+
+def not_overridden_in(
+    subclasses: Sequence[cst.ClassDef], cls: cst.ClassDef, method: cst.FunctionDef
+) -> None:
+    """None of `subclasses` (the fix's own view of them) defines the method's name."""
+    name = identifier(method.name)
+    for subclass in subclasses:
+        if name in class_names(subclass):
+            raise Refusal(
+                f"{identifier(cls.name)}.{name} not overridden in a subclass in the module "
+                "(the server may run the override instead)",
+                f"class {identifier(subclass.name)} defines {name}",
+            )
+
+
+def receiver_never_reassigned(method: cst.FunctionDef, where: str) -> str:
+    receiver = first_parameter(method)
+    if receiver is None:
+        raise Refusal("a method with a `self` parameter")
+    if receiver in bound_names(method.body):
+        raise Refusal(
+            f"`{receiver}` never reassigned in the method (it names the protocol object)",
+            f"an assignment to {receiver} in {where}",
+        )
+    return receiver
 
 
 # --- what the class family writes to `self.<attribute>` ------------------------------

@@ -83,6 +83,26 @@ def keyword(arg: cst.Arg) -> str | None:
     return None if arg.keyword is None else identifier(arg.keyword)
 
 
+def argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:
+    """The value passed for a parameter by keyword `name` or at `position` (None if absent)."""
+    for arg in call.args:
+        if keyword(arg) == name:
+            return arg.value
+    positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
+    return positional[position].value if len(positional) > position else None
+
+
+def calls_named(node: cst.CSTNode, method: str) -> list[cst.Call]:
+    """Every `<object>.<method>(...)` call below `node`."""
+    return [
+        child
+        for child in walk(node)
+        if isinstance(child, cst.Call)
+        and (call := method_call(child)) is not None
+        and call[1] == method
+    ]
+
+
 def target_names(target: cst.BaseExpression) -> list[str]:
     """Names bound by an assignment target (`a`, `a, *b`, `[a, (b, c)]`)."""
     if isinstance(target, cst.Name):
@@ -310,18 +330,25 @@ def constructs(
 def jump_before(path: Sequence[cst.CSTNode], start: int = 0) -> cst.CSTNode | None:
     """A return, raise, break or continue that always runs before the last node of `path`
     (a chain of parent to child from `path[start]` down), if any: after it, that node is dead."""
+    for statement in statements_before(path, start):
+        if isinstance(statement, cst.SimpleStatementLine) and any(
+            isinstance(small, (cst.Return, cst.Raise, cst.Continue, cst.Break))
+            for small in statement.body
+        ):
+            return statement
+    return None
+
+
+def statements_before(path: Sequence[cst.CSTNode], start: int = 0) -> Iterator[cst.CSTNode]:
+    """The statements that run before the last node of `path` (a chain of parent to
+    child from `path[start]` down) in the blocks along it, outermost first."""
     for parent, child in zip(path[start:], path[start + 1 :]):
         if not isinstance(parent, cst.IndentedBlock):
             continue
         for statement in parent.body:
             if statement is child:
                 break
-            if isinstance(statement, cst.SimpleStatementLine) and any(
-                isinstance(small, (cst.Return, cst.Raise, cst.Continue, cst.Break))
-                for small in statement.body
-            ):
-                return statement
-    return None
+            yield statement
 
 
 def binds_to(bindings: dict[str, list[cst.CSTNode]], name: str, classes: set[str]) -> bool:

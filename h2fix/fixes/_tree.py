@@ -335,3 +335,15 @@ def _with_child(parent: cst.CSTNode, old: cst.CSTNode, new: cst.CSTNode) -> cst.
             return parent.with_changes(**{name: items})
     # A path built by walking the tree always links each node to its parent.
     raise AssertionError(f"{type(old).__name__} is not a child of {type(parent).__name__}")
+
+
+class PathTransformer(cst.CSTTransformer):
+    """A transformer that enters only the nodes on `paths` (those that lead to what it
+    changes): the rest of the module is kept as it is, object for object, unvisited."""
+
+    def __init__(self, paths: Sequence[cst.CSTNode]) -> None:
+        super().__init__()
+        self.on_paths = {id(node) for node in paths}
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        return id(node) in self.on_paths

@@ -55,10 +55,12 @@ from ._live_method import (
     class_name,
     find_branches,
     names_any,
+    only_branch,
     parameters,
     writes,
 )
 from ._syntax import (
+    argument,
     base_classes,
     bindings_of,
     bound_names,
@@ -67,15 +69,12 @@ from ._syntax import (
     first_parameter,
     identifier,
     is_pure,
-    keyword,
     method_call,
-    module_bindings,
-    module_classes,
     self_attribute,
     statement_expression,
     subclasses,
 )
-from ._tree import children, transform, walk, walk_with_ancestors
+from ._tree import PathTransformer, children, transform, walk, walk_with_ancestors
 
 NAME = "closed_stream_data"
 
@@ -110,9 +109,9 @@ class _Proof:
 
     def __init__(self, module: cst.Module) -> None:
         self.module = module
-        self.bindings = module_bindings(module)
-        self.classes = module_classes(module)
         self.live = LiveMethods(module, "the protocol object whose streams the guard tests")
+        self.bindings = self.live.bindings
+        self.classes = self.live.classes
         # Walking a class's methods is the costly part: once per class.
         self._assigned: dict[int, list[tuple[str, cst.BaseExpression]]] = {}
         #: Dispatch methods whose every caller is proven to hand them h2's events.
@@ -406,7 +405,7 @@ class _Proof:
                     "; ".join(self.module.code_for_node(v) for v in values)
                     or f"no assignment to self.{attribute}",
                 )
-            size = _argument(node, 0, "acknowledged_size")
+            size = argument(node, 0, "acknowledged_size")
             if size is None or dotted(size) != f"{subject}.flow_controlled_length":
                 raise Refusal(f"{_ACKNOWLEDGE}({subject}.flow_controlled_length, ...)")
             return
@@ -481,20 +480,14 @@ def _guarded_body(guard: _Guard) -> cst.IndentedBlock:
     return guard.body.with_changes(body=statements)
 
 
-class _Replace(cst.CSTTransformer):
+class _Replace(PathTransformer):
     """Swaps branch bodies (by identity) for their guarded versions."""
 
     def __init__(
         self, replacements: dict[int, cst.IndentedBlock], paths: Sequence[cst.CSTNode]
     ) -> None:
-        super().__init__()
+        super().__init__(paths)
         self.replacements = replacements
-        # Only the nodes that lead to a replaced body are entered: the rest of the
-        # module is kept as it is, object for object, without visiting it.
-        self.on_paths = {id(node) for node in paths}
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        return id(node) in self.on_paths
 
     def leave_IndentedBlock(
         self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
@@ -701,14 +694,6 @@ def _leaves_early(node: cst.CSTNode) -> bool:
     return any(_leaves_early(child) for child in children(node))
 
 
-def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:
-    for arg in call.args:
-        if keyword(arg) == name:
-            return arg.value
-    positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
-    return positional[position].value if len(positional) > position else None
-
-
 def _self_assignments(cls: cst.ClassDef) -> Iterator[tuple[str, cst.BaseExpression]]:
     """(attr, value) for each write to `self.<attr>` in the class's methods; a value
     the fix cannot see (`+=`, a bare annotation, a tuple or loop target, `del`) as `...`."""
@@ -739,14 +724,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
                 f"{DATA} is named, but no such branch exists",
             )
         return tree, FixOutcome(NAME, Outcome.NOT_APPLICABLE, "this module handles no h2 DATA")
-    if len(data) > 1:
-        raise UnrecognisedStructureError(
-            NAME,
-            "<module>",
-            f"one {DATA} branch",
-            f"{len(data)}: in {', '.join(b.where for b in data)}",
-        )
-    dispatch = data[0]
+    dispatch = only_branch(NAME, DATA, data)
     elsewhere = [b for b in branches if b.method is not dispatch.method]
     if elsewhere:
         raise UnrecognisedStructureError(

@@ -42,9 +42,12 @@ from ._live_method import (
     find_branches,
     names_any,
     node_path,
+    only_branch,
 )
 from ._syntax import (
+    argument,
     bound_names,
+    calls_named,
     dotted,
     identifier,
     keyword,
@@ -53,7 +56,7 @@ from ._syntax import (
     statement_expression,
     walk,
 )
-from ._tree import children, transform
+from ._tree import PathTransformer, children, transform
 
 NAME = "graceful_shutdown"
 
@@ -113,13 +116,7 @@ class _Proof:
         return body
 
     def one_reset(self, body: cst.IndentedBlock) -> cst.Call:
-        resets = [
-            node
-            for node in walk(body)
-            if isinstance(node, cst.Call)
-            and (call := method_call(node)) is not None
-            and call[1] == _RESET
-        ]
+        resets = calls_named(body, _RESET)
         if len(resets) != 1:
             raise Refusal(
                 f"one {_RESET}() call in the {REQUEST} branch (with more, which one answers "
@@ -172,7 +169,7 @@ class _Proof:
                 f"{_RESET}(stream_id[, error_code]) as h2 defines it",
                 self.module.code_for_node(call),
             )
-        stream = _argument(call, 0, "stream_id")
+        stream = argument(call, 0, "stream_id")
         if stream is None or dotted(stream) != f"{subject}.stream_id":
             raise Refusal(
                 f"{_RESET}({subject}.stream_id): the stream of the request being refused",
@@ -185,7 +182,7 @@ class _Proof:
             )
 
     def error_code(self, call: cst.Call) -> cst.BaseExpression | None:
-        return _argument(call, 1, "error_code")
+        return argument(call, 1, "error_code")
 
     def code_is_refused_stream(self, code: cst.BaseExpression) -> None:
         name = dotted(code)
@@ -234,22 +231,16 @@ class _Proof:
 # --- rewrite ---------------------------------------------------------------------
 
 
-class _AddCode(cst.CSTTransformer):
+class _AddCode(PathTransformer):
     """Adds `error_code=REFUSED_STREAM` to one call (by identity)."""
 
     def __init__(self, module: cst.Module, call: cst.Call, path: Sequence[cst.CSTNode]) -> None:
-        super().__init__()
+        super().__init__(path)
         self.module = module
         self.call = call
         self.code = cst.parse_expression(
             _REFUSED_STREAM_CODE_TEXT, config=module.config_for_parsing
         )
-        # Only the nodes that lead to the call are entered: the rest of the module is
-        # kept as it is, object for object, without visiting it.
-        self.on_path = {id(node) for node in path}
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        return id(node) in self.on_path
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
         if original_node is not self.call:
@@ -296,14 +287,6 @@ class _AddCode(cst.CSTTransformer):
 
 
 # --- helpers on nodes ------------------------------------------------------------
-
-
-def _argument(call: cst.Call, position: int, name: str) -> cst.BaseExpression | None:
-    for arg in call.args:
-        if keyword(arg) == name:
-            return arg.value
-    positional = [arg for arg in call.args if arg.keyword is None and not arg.star]
-    return positional[position].value if len(positional) > position else None
 
 
 def _path_to(
@@ -392,14 +375,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
                 f"{REQUEST} and {_RESET}() are named, but no such branch exists",
             )
         return tree, FixOutcome(NAME, Outcome.NOT_APPLICABLE, f"this module handles no {REQUEST}")
-    if len(branches) > 1:
-        raise UnrecognisedStructureError(
-            NAME,
-            "<module>",
-            f"one {REQUEST} branch",
-            f"{len(branches)}: in {', '.join(b.where for b in branches)}",
-        )
-    [branch] = branches
+    branch = only_branch(NAME, REQUEST, branches)
     if not any(
         isinstance(node, cst.Call) and (call := method_call(node)) is not None and call[1] == _RESET
         for node in walk(branch.node.body)

@@ -62,11 +62,13 @@ from ._live_method import (
     branch_code,
     find_branches,
     node_path,
+    only_branch,
     parameters,
 )
 from ._syntax import (
     bindings_of,
     bound_names,
+    calls_named,
     dotted,
     first_parameter,
     identifier,
@@ -76,7 +78,7 @@ from ._syntax import (
     statement_expression,
     walk,
 )
-from ._tree import transform
+from ._tree import PathTransformer, transform
 
 NAME = "max_requests"
 
@@ -365,13 +367,7 @@ class _Proof:
                     called = method_call(call) if call is not None else None
                     if called is not None and called[1] == _CLOSE:
                         found.append((statement, called))
-        closes = [
-            node
-            for node in walk(body)
-            if isinstance(node, cst.Call)
-            and (m := method_call(node)) is not None
-            and m[1] == _CLOSE
-        ]
+        closes = calls_named(body, _CLOSE)
         if len(found) != 1 or len(closes) != 1:
             raise Refusal(
                 f"one `if <idle> and <terminated>: {live.receiver}.<connection>.{_CLOSE}()` "
@@ -443,19 +439,13 @@ class _Proof:
 # --- rewrite ---------------------------------------------------------------------
 
 
-class _Apply(cst.CSTTransformer):
+class _Apply(PathTransformer):
     """(a) swaps the close statement for the GOAWAY send; (b) widens the idle test."""
 
     def __init__(self, plan: _Plan, goaway: cst.If, paths: Sequence[cst.CSTNode]):
-        super().__init__()
+        super().__init__(paths)
         self.plan = plan
         self.goaway = goaway
-        # Only the nodes that lead to a change are entered: the rest of the module is
-        # kept as it is, object for object, without visiting it.
-        self.on_paths = {id(node) for node in paths}
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        return id(node) in self.on_paths
 
     def leave_IndentedBlock(
         self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
@@ -621,14 +611,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
     requests = [b for b in branches if b.event == REQUEST]
     if not requests:
         return tree, FixOutcome(NAME, Outcome.NOT_APPLICABLE, f"this module handles no {REQUEST}")
-    if len(requests) > 1:
-        raise UnrecognisedStructureError(
-            NAME,
-            "<module>",
-            f"one {REQUEST} branch",
-            f"{len(requests)}: in {', '.join(b.where for b in requests)}",
-        )
-    [request] = requests
+    request = only_branch(NAME, REQUEST, requests)
     closes = _closes(request.node.body)
     closed = [b for b in branches if b.event == CLOSED]
     if not closes:

@@ -31,10 +31,17 @@ import libcst as cst
 from .._environment import Environment
 from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
+from ._live_method import (
+    LiveMethods,
+    Refusal,
+    not_overridden_in,
+    not_replaced_later,
+    rebound_later,
+    receiver_never_reassigned,
+)
 from ._syntax import (
     base_classes,
     bindings_of,
-    binds_to,
     bound_names,
     class_methods,
     class_names,
@@ -46,12 +53,9 @@ from ._syntax import (
     jump_before,
     keyword,
     method_call,
-    module_bindings,
-    module_classes,
     same_expression,
     self_attribute,
     statement_expression,
-    statement_names,
     subclasses,
     walk,
 )
@@ -60,8 +64,6 @@ from ._tree import path_to, replace, walk_with_ancestors
 NAME = "trailers"
 
 _Branch = Union[cst.If, cst.MatchCase]
-# The protocol class both servers' packages import from protocol/h2.py.
-_SERVED = "H2Protocol"
 # Calls that end a stream or the connection; seen after the send, they would undo the fix.
 _ENDING_CALLS = frozenset({"end_stream", "reset_stream", "close_connection"})
 
@@ -325,17 +327,18 @@ class _Proof:
         self.module = module
         self.dispatch = dispatch
         self.arm = arm
-        self.bindings = module_bindings(module)
-        self.classes = module_classes(module)
+        self.live = LiveMethods(module)
+        self.bindings = self.live.bindings
+        self.classes = self.live.classes
         self._assignments: dict[int, dict[str, list[tuple[bool, cst.BaseExpression]]]] = {}
 
     def plan(self) -> _Plan:
         cls, method = self.method_of_module_class()
-        receiver = self.receiver(method)
-        self.method_is_live(cls, method)
-        self.not_overridden(cls, method)
+        receiver = receiver_never_reassigned(method, self.dispatch.where)
+        not_replaced_later(cls, method)
+        not_overridden_in(self.subclasses(cls), cls, method)
         self.branch_is_reachable(method)
-        self.served_class_uses_it(cls)
+        self.live.served_class_uses_it(cls)
         self.no_earlier_branch_takes_trailers()
         objects = self.end_of_body_objects(receiver)
         body = self.branch_body()
@@ -353,73 +356,15 @@ class _Proof:
     # Each check: one obligation, its refusal beside it.
 
     def method_of_module_class(self) -> tuple[cst.ClassDef, cst.FunctionDef]:
-        ancestors = self.dispatch.ancestors
-        functions = [i for i, node in enumerate(ancestors) if isinstance(node, cst.FunctionDef)]
-        expected = (
-            "the branch directly in a method of a module-level class, so the inserted "
-            "statements act on that method's `self` (not in a nested function or class)"
-        )
-        if not functions or any(
-            isinstance(node, cst.ClassDef) for node in ancestors[functions[-1] :]
-        ):
-            raise _Refusal(expected)
-        index = functions[-1]
-        method = ancestors[index]
-        assert isinstance(method, cst.FunctionDef)
-        if index < 3 or not (
-            isinstance(ancestors[index - 1], cst.IndentedBlock)
-            and isinstance(ancestors[index - 2], cst.ClassDef)
-            and isinstance(ancestors[index - 3], cst.Module)
-        ):
-            raise _Refusal(expected)
-        cls = ancestors[index - 2]
-        assert isinstance(cls, cst.ClassDef)
-        if method.decorators:
-            raise _Refusal(
-                "a plain method (a decorator may make its first parameter something other "
-                "than the protocol object)",
-                f"@{self.module.code_for_node(method.decorators[0].decorator)}",
-            )
+        cls, method = self.live.method_of_module_class(self.dispatch.ancestors)
+        self.live.undecorated(method)
         if method.asynchronous is None:
             raise _Refusal("an `async def` method (the fix awaits the drain)")
-        if self.classes.get(identifier(cls.name)) is not cls:
-            raise _Refusal(
-                "the class defined once in the module (with two definitions, which one runs "
-                "depends on how the module executes)",
-                f"class {identifier(cls.name)} bound more than once",
-            )
+        self.live.class_defined_once(cls)
         return cls, method
 
-    def receiver(self, method: cst.FunctionDef) -> str:
-        receiver = first_parameter(method)
-        if receiver is None:
-            raise _Refusal("a method with a `self` parameter")
-        if receiver in bound_names(method.body):
-            raise _Refusal(
-                f"`{receiver}` never reassigned in the method (it names the protocol object)",
-                f"an assignment to {receiver} in {self.dispatch.where}",
-            )
-        return receiver
-
-    def method_is_live(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
-        name = identifier(method.name)
-        if _rebound_later(cls, method):
-            raise _Refusal(
-                f"{name} defined once in class {identifier(cls.name)} (a later definition "
-                "or assignment replaces this one, which then never runs)",
-                f"{name} bound again later in the class body",
-            )
-
-    def not_overridden(self, cls: cst.ClassDef, method: cst.FunctionDef) -> None:
-        name = identifier(method.name)
-        for subclass in self.subclasses(cls):
-            if name in class_names(subclass):
-                raise _Refusal(
-                    f"{identifier(cls.name)}.{name} not overridden in a subclass in the module "
-                    "(the server may run the override instead)",
-                    f"class {identifier(subclass.name)} defines {name}",
-                )
-
+    # Not LiveMethods.branch_is_reachable: that one takes an if/elif Branch, and this
+    # dispatch may be a match statement.
     def branch_is_reachable(self, method: cst.FunctionDef) -> None:
         jump = _jump_before(self.dispatch, method)
         if jump is not None:
@@ -427,18 +372,8 @@ class _Proof:
                 "the branch reachable: no return, raise, break or continue before it", jump
             )
 
-    def served_class_uses_it(self, cls: cst.ClassDef) -> None:
-        """The class the package serves (`H2Protocol`, which hypercorn.protocol and
-        anycorn.protocol import) is this class or a subclass of it."""
-        name = identifier(cls.name)
-        family = {name, *(identifier(sub.name) for sub in self.subclasses(cls))}
-        if not binds_to(self.bindings, _SERVED, family):
-            bindings = self.bindings.get(_SERVED, [])
-            raise _Refusal(
-                f"{_SERVED} (the class the server imports) to be {name} or a subclass of it",
-                bindings[0] if len(bindings) == 1 else f"{len(bindings)} bindings of {_SERVED}",
-            )
-
+    # Not LiveMethods.first_arm_for_the_event: this one also reads match/case arms and
+    # arms testing a tuple of classes, which the shared finder refuses outright.
     def no_earlier_branch_takes_trailers(self) -> None:
         for arm in self.dispatch.arms:
             if arm is self.arm:
@@ -573,6 +508,10 @@ class _Proof:
                 return self_attribute(node.value, receiver)
         return None
 
+    # Not LiveMethods.h2_connection, which is stricter: it wants exactly one write to the
+    # attribute and counts writes this fix's assignments() does not see (tuple targets,
+    # `for`, `with ... as`, `del`); this one accepts several H2Connection(...) assignments.
+    # Switching would change trailers' verdicts.
     def is_h2_connection(self, value: cst.BaseExpression) -> bool:
         return constructs(self.bindings, value, "h2.connection", "H2Connection")
 
@@ -818,13 +757,6 @@ def _local_value(
     return None
 
 
-def _rebound_later(cls: cst.ClassDef, method: cst.FunctionDef) -> bool:
-    """A later statement of the class body binds the method's name: this definition is dead."""
-    statements: list[cst.CSTNode] = list(cls.body.body)
-    position = _position(statements, method)
-    return identifier(method.name) in statement_names(statements[position + 1 :])
-
-
 def _jump_before(dispatch: _Dispatch, method: cst.FunctionDef) -> cst.CSTNode | None:
     """A return/raise/break/continue that runs before the dispatch in `method`, if any."""
     path = [*dispatch.ancestors, dispatch.statement]
@@ -838,7 +770,7 @@ def _provably_dead(dispatch: _Dispatch) -> bool:
         if not isinstance(node, cst.FunctionDef):
             continue
         owner = ancestors[index - 2] if index >= 2 else None
-        if isinstance(owner, cst.ClassDef) and _rebound_later(owner, node):
+        if isinstance(owner, cst.ClassDef) and rebound_later(owner, node):
             return True
         if _jump_before(dispatch, node) is not None:
             return True
@@ -1011,8 +943,9 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
     try:
         plan = _Proof(tree, dispatch, sender).plan()
         new_body = _rewritten_body(tree, plan)
-    except _Refusal as refusal:
-        _refuse(tree, dispatch, sender, refusal.expected, refusal.found)
+    except (_Refusal, Refusal) as refusal:
+        # A shared check's Refusal without code found shows the branch, as _Refusal's does.
+        _refuse(tree, dispatch, sender, refusal.expected, refusal.found or None)
     if new_body is None:
         return tree, FixOutcome(
             NAME,

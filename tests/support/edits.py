@@ -48,3 +48,28 @@ def in_method(name: str, edit: Edit) -> Edit:
 def method_text(text: str, name: str, *, last: bool = False) -> str:
     start, end = method_span(text, name, last=last)
     return text[start:end]
+
+
+def handle_events_chain(method: str) -> tuple[list[str], int, int]:
+    """_handle_events' lines, and where its if/elif chain on the event's class starts and
+    ends (the `await self._flush()` after it)."""
+    lines = method.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if "if isinstance(event, h2.events.Req" in line)
+    last = next(i for i, line in enumerate(lines) if line == "        await self._flush()\n")
+    return lines, first, last
+
+
+def _handle_events_as_match(method: str) -> str:
+    lines, first, last = handle_events_chain(method)
+    out = [*lines[:first], "            match event:\n"]
+    for line in lines[first:last]:
+        branch = re.match(r"^            (?:el)?if isinstance\(event, ([\w.]+)\):$", line)
+        if branch:
+            out.append(f"                case {branch[1]}():\n")
+        else:
+            out.append("    " + line if line.strip() else line)
+    return "".join(out + lines[last:])
+
+
+#: _handle_events' dispatch as a match statement, one `case <Event>():` per branch.
+match_case_dispatch = in_method("_handle_events", _handle_events_as_match)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 
@@ -39,6 +39,28 @@ def given_up_calls(
         pending.append(future)
         if len(pending) == in_flight:
             settle(pending.popleft(), outcomes)
+    for future in pending:
+        settle(future, outcomes)
+    return outcomes
+
+
+def echo_calls(
+    channel: grpc.Channel,
+    count: int,
+    in_flight: int = 50,
+    every: tuple[int, Callable[[], None]] | None = None,
+) -> collections.Counter[str]:
+    """`count` Echo calls, `in_flight` at a time, on one channel: how they ended.
+    With `every` = (n, look), `look()` runs after every n-th call is made."""
+    outcomes: collections.Counter[str] = collections.Counter()
+    echo = channel.unary_unary("/test.Test/Echo")
+    pending: collections.deque[Any] = collections.deque()
+    for i in range(count):
+        pending.append(echo.future(b"%d" % i, timeout=30))
+        if len(pending) == in_flight:
+            settle(pending.popleft(), outcomes)
+        if every is not None and i % every[0] == every[0] - 1:
+            every[1]()
     for future in pending:
         settle(future, outcomes)
     return outcomes

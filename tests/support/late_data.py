@@ -9,24 +9,9 @@ from __future__ import annotations
 
 import time
 
-from h2fix._probe import H2Client, Response
+from h2fix._probe import H2Client
 
 WINDOW = 65_535  # h2's default receive window, per stream and for the connection
-
-
-def open_stream(client: H2Client, path: str) -> int:
-    """HEADERS without END_STREAM: the request body is still to come."""
-    stream_id: int = client.conn.get_next_available_stream_id()
-    headers = [
-        (b":method", b"POST"),
-        (b":scheme", b"http"),
-        (b":authority", b"127.0.0.1"),
-        (b":path", path.encode()),
-    ]
-    client.conn.send_headers(stream_id, headers)
-    client.send()
-    client.responses[stream_id] = Response()
-    return stream_id
 
 
 def send_body(client: H2Client, stream_id: int, data: bytes, deadline: float) -> None:
@@ -50,7 +35,7 @@ def send_body(client: H2Client, stream_id: int, data: bytes, deadline: float) ->
 
 def answered_early(client: H2Client) -> int:
     """A stream the server has answered in full (413) while its request body is still open."""
-    stream_id = open_stream(client, "/early")
+    stream_id = client.start_open("/early")
     [response] = client.wait(stream_id)
     assert "end" in response.events, response
     return stream_id
