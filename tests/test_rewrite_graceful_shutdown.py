@@ -213,6 +213,25 @@ def _with_code(code: str) -> str:
 
 # Drifted shapes the fix cannot prove safe: (source, words the refusal must expect)
 REFUSED_CASES = {
+    # "Applied" while broken: a request dropped before the dispatch is never answered at
+    # all, so changing the reset's code repairs nothing for it.
+    "shutdown-requests-dropped-before-the-loop": (
+        module().replace(
+            "        for event in events:\n",
+            "        events = [e for e in events if not self.context.terminated.is_set()]\n"
+            "        for event in events:\n",
+        ),
+        "only looped over in _handle_events",
+    ),
+    "caller-drops-requests-in-shutdown": (
+        module().replace(
+            "        await self._handle_events(events)\n",
+            "        if not self.context.terminated.is_set():\n"
+            "            await self._handle_events(events)\n"
+            "        await self._handle_events(events[:0])\n",
+        ),
+        "bound once and read by that call alone",
+    ),
     # The code: only REFUSED_STREAM is left alone; anything else is a choice not ours.
     "another-error-code": (
         _with_code("error_code=h2.errors.ErrorCodes.CANCEL"),

@@ -105,7 +105,8 @@ def module(
     receiver: str = "self",
     methods: str = FLUSH + "\n" + CREATE,
 ) -> str:
-    """A protocol class in Hypercorn's shape: `_handle_events` starting with `request`,
+    """A protocol class in Hypercorn's shape: `handle` passing h2's events to
+    `_handle_events`, which starts with `request`,
     `stream_send` dispatching `closed`, and the methods that flush and count."""
     events = textwrap.dedent(request)
     events += "elif isinstance(event, h2.events.DataReceived):\n    await self._data(event)\n"
@@ -113,6 +114,10 @@ def module(
     sends += textwrap.dedent(closed)
     body = (
         f"def __init__(self, config, send) -> None:\n{textwrap.indent(init, '    ')}\n"
+        # As every release: the caller hands the dispatch what h2 received, whole.
+        "async def handle(self, data):\n"
+        "    events = self.connection.receive_data(data)\n"
+        "    await self._handle_events(events)\n\n"
         f"async def _handle_events(self, events):\n    for event in events:\n"
         f"{textwrap.indent(events, ' ' * 8)}    await self._flush()\n\n"
         f"async def stream_send(self, event):\n{textwrap.indent(sends, '    ')}\n"
@@ -284,6 +289,15 @@ def _count(statement: str) -> str:
 
 # Drifted shapes the fix cannot prove safe: (source, words the refusal must expect)
 REFUSED = {
+    # The dispatch sees every event h2 reports, or the counter and the limit are not
+    # what the fix assumes they are.
+    "requests-filtered-by-the-caller": (
+        module().replace(
+            "    await self._handle_events(events)\n",
+            "    await self._handle_events([e for e in events if keep(e)])\n",
+        ),
+        "every use of _handle_events a call",
+    ),
     # Once over the limit, always over it: the counter only grows.
     "counter-decremented": (
         module(after=_count("self.keep_alive_requests -= 1")),

@@ -20,6 +20,7 @@ import libcst as cst
 from .._errors import UnrecognisedStructureError
 from ._syntax import (
     base_classes,
+    bindings_of,
     binds_to,
     bound_names,
     class_names,
@@ -29,19 +30,24 @@ from ._syntax import (
     identifier,
     imports_package,
     jump_before,
+    method_call,
     module_bindings,
     module_classes,
     module_statements,
+    name_uses,
     self_attribute,
     statement_names,
     statements_before,
     subclasses,
+    touched_beyond_a_size_test,
     walk,
 )
 from ._tree import children, path_to, walk_with_ancestors
 
 #: The protocol class both servers' packages import from protocol/h2.py.
 SERVED = "H2Protocol"
+#: What h2 hands the server's events in: the one call whose result the dispatch must see whole.
+RECEIVE = "receive_data"
 
 
 class Refusal(Exception):
@@ -173,6 +179,8 @@ class LiveMethods:
         self.receiver_role = receiver_role
         self.bindings = module_bindings(module)
         self.classes = module_classes(module)
+        #: Dispatch methods whose every caller is proven to hand them h2's events.
+        self._reach_proven: set[int] = set()
         # Classes the module defines where it runs (not those local to a function).
         self.every_class = [s for s in module_statements(module) if isinstance(s, cst.ClassDef)]
         # Walking a class's methods is the costly part: once per class.
@@ -413,6 +421,112 @@ class LiveMethods:
                     "return, raise, break or continue)",
                     self.module.code_for_node(statement).strip(),
                 )
+
+    def events_reach_the_dispatch(self, branch: Branch, live: Live) -> None:
+        """Every event h2 reports reaches the branch: the dispatch loops over a parameter
+        of its method that nothing else in the method touches, and every call of the
+        method hands it what `<connection>.receive_data()` returned, untouched. An event
+        dropped on the way (a list filtered before the loop, or by the caller) never
+        reaches the branch: whatever the fix changes there, the server goes on doing what
+        it did for that event (late DATA never acknowledged, a request during shutdown
+        never answered), and "repaired" would be untrue."""
+        method = live.method
+        if id(method) in self._reach_proven:
+            return
+        name = identifier(method.name)
+        loop = next((n for n in reversed(branch.ancestors) if isinstance(n, cst.For)), None)
+        if (
+            loop is None
+            or dotted(loop.target) != branch.subject
+            or not isinstance(loop.iter, cst.Name)
+            or identifier(loop.iter) not in parameters(method)
+        ):
+            found = "" if loop is None else self.module.code_for_node(loop.target)
+            raise Refusal(
+                f"the branch in a `for {branch.subject} in <events>:` loop over a parameter "
+                f"of {name}",
+                f"for {found} in {self.module.code_for_node(loop.iter)}" if loop else "no loop",
+            )
+        events = identifier(loop.iter)
+        other = touched_beyond_a_size_test(method.body, events, loop.iter)
+        if other is not None:
+            raise Refusal(
+                f"`{events}` only looped over in {name}, or tested (`if not {events}:`, "
+                f"`len({events})`): the dispatch must see every event h2 reports",
+                self.module.code_for_node(other).strip(),
+            )
+        callers = 0
+        for node, ancestors in walk_with_ancestors(self.module):
+            if not (isinstance(node, cst.Name) and identifier(node) == name):
+                continue
+            parent = ancestors[-1] if ancestors else None
+            if parent is method:
+                continue  # the definition itself
+            self.hands_it_what_h2_received(live, node, list(ancestors))
+            callers += 1
+        if not callers:
+            raise Refusal(f"a call of {name} with the events `.{RECEIVE}()` returned", "none")
+        self._reach_proven.add(id(method))
+
+    def hands_it_what_h2_received(
+        self, live: Live, name: cst.Name, ancestors: list[cst.CSTNode]
+    ) -> None:
+        """One reference to the dispatch method: `[await] <self>.<method>(<events>)` in a
+        method of the same class, where `<events>` is bound once, to
+        `<self>.<h2 connection>.receive_data(...)`, and read only by this call."""
+        method_name = identifier(live.method.name)
+        expected = (
+            f"every use of {method_name} a call `<self>.{method_name}(<events>)` in a method "
+            f"of {identifier(live.cls.name)}, with `<events> = <self>.<connection>."
+            f"{RECEIVE}(...)` bound once and read by that call alone"
+        )
+        attribute = ancestors[-1] if ancestors else None
+        call = ancestors[-2] if len(ancestors) > 1 else None
+        functions = [n for n in ancestors if isinstance(n, cst.FunctionDef)]
+        caller = functions[-1] if functions else None
+        receiver = first_parameter(caller) if caller is not None else None
+        statement = next(
+            (n for n in reversed(ancestors) if isinstance(n, cst.SimpleStatementLine)), name
+        )
+        found = self.module.code_for_node(statement).strip()
+        if (
+            not isinstance(attribute, cst.Attribute)
+            or attribute.attr is not name
+            or not isinstance(call, cst.Call)
+            or call.func is not attribute
+            or caller is None
+            or not any(n is caller for n in live.cls.body.body)
+            or receiver is None
+            or dotted(attribute.value) != receiver
+            or len(call.args) != 1
+            or call.args[0].keyword is not None
+            or call.args[0].star
+            or not isinstance(call.args[0].value, cst.Name)
+        ):
+            raise Refusal(expected, found)
+        events = identifier(call.args[0].value)
+        received = [
+            node.value
+            for node in walk(caller.body)
+            if isinstance(node, cst.Assign)
+            and len(node.targets) == 1
+            and dotted(node.targets[0].target) == events
+        ]
+        value = received[0] if len(received) == 1 else None
+        receive = method_call(value) if value is not None else None
+        connection = (
+            self_attribute(receive[0], receiver)
+            if receive is not None and receive[1] == RECEIVE
+            else None
+        )
+        if (
+            connection is None
+            or bindings_of(caller.body).count(events) != 1
+            or len(name_uses(caller.body, events)) != 2  # the assignment and this call
+            or events in parameters(caller)
+        ):
+            raise Refusal(expected, found)
+        self.h2_connection(live.cls, connection)
 
     def no_earlier_arm_names_it(self, branch: Branch, bases: tuple[str, ...] = ()) -> None:
         """No earlier arm tests the event's own class, or a base class it is known to

@@ -365,3 +365,54 @@ def binds_to(bindings: dict[str, list[cst.CSTNode]], name: str, classes: set[str
         and len(binding.targets) == 1
         and dotted(binding.value) in classes
     )
+
+
+def name_uses(node: cst.CSTNode, name: str) -> list[cst.Name]:
+    """Every `Name` node spelling `name` under `node` that is a variable, bound or read
+    (not an attribute, a keyword argument or a definition's own name)."""
+    skipped: set[int] = set()
+    found: list[cst.Name] = []
+    for child in walk(node):
+        if isinstance(child, cst.Attribute):
+            skipped.add(id(child.attr))
+        elif isinstance(child, cst.Arg) and child.keyword is not None:
+            skipped.add(id(child.keyword))
+        elif isinstance(child, cst.Name) and id(child) not in skipped and identifier(child) == name:
+            found.append(child)
+    return found
+
+
+def touched_beyond_a_size_test(
+    node: cst.CSTNode, name: str, allowed: cst.Name
+) -> cst.CSTNode | None:
+    """A use of the variable `name` under `node` other than `allowed` and a plain test of
+    its size (`if not <name>:`, `if <name>:`, `len(<name>)`): one that may rebind, filter
+    or mutate it. Returns the enclosing node of the first such use, or None."""
+    harmless: set[int] = {id(allowed)}
+    for child in walk(node):
+        if isinstance(child, (cst.If, cst.While)):
+            test = child.test
+            if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+                test = test.expression
+            if isinstance(test, cst.Name):
+                harmless.add(id(test))
+        elif (
+            isinstance(child, cst.Call)
+            and dotted(child.func) == "len"
+            and len(child.args) == 1
+            and isinstance(child.args[0].value, cst.Name)
+        ):
+            harmless.add(id(child.args[0].value))
+    for use in name_uses(node, name):
+        if id(use) not in harmless:
+            return next(
+                (
+                    statement
+                    for statement in walk(node)
+                    if isinstance(statement, (cst.SimpleStatementLine, cst.BaseCompoundStatement))
+                    and any(n is use for n in walk(statement))
+                    and not isinstance(statement, (cst.For, cst.If, cst.While, cst.With, cst.Try))
+                ),
+                use,
+            )
+    return None

@@ -48,7 +48,6 @@ from .._errors import UnrecognisedStructureError
 from .._results import FixOutcome, Outcome
 from ._live_method import (
     Branch,
-    Live,
     LiveMethods,
     Refusal,
     branch_code,
@@ -56,7 +55,6 @@ from ._live_method import (
     find_branches,
     names_any,
     only_branch,
-    parameters,
     writes,
 )
 from ._syntax import (
@@ -66,15 +64,15 @@ from ._syntax import (
     bound_names,
     constructs,
     dotted,
-    first_parameter,
     identifier,
     is_pure,
     method_call,
+    name_uses,
     self_attribute,
     statement_expression,
     subclasses,
 )
-from ._tree import PathTransformer, children, transform, walk, walk_with_ancestors
+from ._tree import PathTransformer, children, transform, walk
 
 NAME = "closed_stream_data"
 
@@ -85,8 +83,6 @@ CLIENT_HALF_EVENTS = (DATA, "StreamEnded", "TrailersReceived")
 _ACKNOWLEDGE = "acknowledge_received_data"
 #: Exceptions whose handler already keeps a missing stream from escaping.
 _CATCHES_KEY_ERROR = ("KeyError", "LookupError", "Exception", "BaseException")
-#: What h2 hands the server's events in: the one call whose result the dispatch must see whole.
-_RECEIVE = "receive_data"
 
 _Lookup = Union[cst.Subscript, cst.Call]
 
@@ -114,8 +110,6 @@ class _Proof:
         self.classes = self.live.classes
         # Walking a class's methods is the costly part: once per class.
         self._assigned: dict[int, list[tuple[str, cst.BaseExpression]]] = {}
-        #: Dispatch methods whose every caller is proven to hand them h2's events.
-        self._reach_proven: set[int] = set()
 
     def guard(self, branch: Branch) -> _Guard | None:
         """What to guard in `branch`, or None when every lookup is already guarded."""
@@ -133,7 +127,7 @@ class _Proof:
         if branch.event == DATA:
             self.acknowledged_on_h2_connection(cls, body, receiver, subject)
         self.event_goes_nowhere_else(body, [node for node, _ in lookups], subject, receiver)
-        self.events_reach_the_dispatch(branch, live)
+        self.live.events_reach_the_dispatch(branch, live)
         unguarded = [node for node, guarded in lookups if not guarded]
         if not unguarded:
             return None  # fixed upstream: leave it byte for byte
@@ -160,111 +154,6 @@ class _Proof:
                 f"`{subject}` not assigned in the branch (it must stay the event tested)",
                 f"{subject} bound in the branch",
             )
-
-    def events_reach_the_dispatch(self, branch: Branch, live: Live) -> None:
-        """Every event h2 reports reaches the branch: the dispatch loops over a parameter
-        of its method that nothing else in the method touches, and every call of the
-        method hands it what `<connection>.receive_data()` returned, untouched. Events
-        dropped on the way (a list filtered before the loop, or by the caller) never reach
-        the branch, so their DATA is never acknowledged: the connection stalls whatever
-        the guard does, and "repaired" would be untrue."""
-        method = live.method
-        if id(method) in self._reach_proven:
-            return
-        name = identifier(method.name)
-        loop = next((n for n in reversed(branch.ancestors) if isinstance(n, cst.For)), None)
-        if (
-            loop is None
-            or dotted(loop.target) != branch.subject
-            or not isinstance(loop.iter, cst.Name)
-            or identifier(loop.iter) not in parameters(method)
-        ):
-            found = "" if loop is None else self.module.code_for_node(loop.target)
-            raise Refusal(
-                f"the branch in a `for {branch.subject} in <events>:` loop over a parameter "
-                f"of {name}",
-                f"for {found} in {self.module.code_for_node(loop.iter)}" if loop else "no loop",
-            )
-        events = identifier(loop.iter)
-        other = _touches(method.body, events, loop.iter)
-        if other is not None:
-            raise Refusal(
-                f"`{events}` only looped over in {name}, or tested (`if not {events}:`, "
-                f"`len({events})`): the dispatch must see every event h2 reports",
-                self.module.code_for_node(other).strip(),
-            )
-        callers = 0
-        for node, ancestors in walk_with_ancestors(self.module):
-            if not (isinstance(node, cst.Name) and identifier(node) == name):
-                continue
-            parent = ancestors[-1] if ancestors else None
-            if parent is method:
-                continue  # the definition itself
-            self.hands_it_what_h2_received(live, node, list(ancestors))
-            callers += 1
-        if not callers:
-            raise Refusal(f"a call of {name} with the events `.{_RECEIVE}()` returned", "none")
-        self._reach_proven.add(id(method))
-
-    def hands_it_what_h2_received(
-        self, live: Live, name: cst.Name, ancestors: list[cst.CSTNode]
-    ) -> None:
-        """One reference to the dispatch method: `[await] <self>.<method>(<events>)` in a
-        method of the same class, where `<events>` is bound once, to
-        `<self>.<h2 connection>.receive_data(...)`, and read only by this call."""
-        method_name = identifier(live.method.name)
-        expected = (
-            f"every use of {method_name} a call `<self>.{method_name}(<events>)` in a method "
-            f"of {identifier(live.cls.name)}, with `<events> = <self>.<connection>."
-            f"{_RECEIVE}(...)` bound once and read by that call alone"
-        )
-        attribute = ancestors[-1] if ancestors else None
-        call = ancestors[-2] if len(ancestors) > 1 else None
-        functions = [n for n in ancestors if isinstance(n, cst.FunctionDef)]
-        caller = functions[-1] if functions else None
-        receiver = first_parameter(caller) if caller is not None else None
-        statement = next(
-            (n for n in reversed(ancestors) if isinstance(n, cst.SimpleStatementLine)), name
-        )
-        found = self.module.code_for_node(statement).strip()
-        if (
-            not isinstance(attribute, cst.Attribute)
-            or attribute.attr is not name
-            or not isinstance(call, cst.Call)
-            or call.func is not attribute
-            or caller is None
-            or not any(n is caller for n in live.cls.body.body)
-            or receiver is None
-            or dotted(attribute.value) != receiver
-            or len(call.args) != 1
-            or call.args[0].keyword is not None
-            or call.args[0].star
-            or not isinstance(call.args[0].value, cst.Name)
-        ):
-            raise Refusal(expected, found)
-        events = identifier(call.args[0].value)
-        received = [
-            node.value
-            for node in walk(caller.body)
-            if isinstance(node, cst.Assign)
-            and len(node.targets) == 1
-            and dotted(node.targets[0].target) == events
-        ]
-        value = received[0] if len(received) == 1 else None
-        receive = method_call(value) if value is not None else None
-        connection = (
-            self_attribute(receive[0], receiver)
-            if receive is not None and receive[1] == _RECEIVE
-            else None
-        )
-        if (
-            connection is None
-            or bindings_of(caller.body).count(events) != 1
-            or len(_name_uses(caller.body, events)) != 2  # the assignment and this call
-            or events in parameters(caller)
-        ):
-            raise Refusal(expected, found)
-        self.live.h2_connection(live.cls, connection)
 
     def get_result_tested_for_none(
         self, method: cst.FunctionDef, body: cst.IndentedBlock, get: cst.Call
@@ -297,10 +186,10 @@ class _Proof:
             for st in body.body[index + 1 :]
             if isinstance(st, cst.If) and _tests_not_none(st.test, target) and st.orelse is None
         ]
-        tested = sum(len(_name_uses(st, target)) for st in tests)
+        tested = sum(len(name_uses(st, target)) for st in tests)
         if (
             bindings_of(method.body).count(target) != 1
-            or len(_name_uses(method.body, target)) != 1 + tested
+            or len(name_uses(method.body, target)) != 1 + tested
             or any(target in bound_names(st.body) for st in tests)
         ):
             raise Refusal(expected, found)
@@ -600,55 +489,6 @@ def _leaves(node: cst.CSTNode) -> bool:
     if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
         return False
     return any(_leaves(child) for child in children(node))
-
-
-def _name_uses(node: cst.CSTNode, name: str) -> list[cst.Name]:
-    """Every `Name` node spelling `name` under `node` that is a variable, bound or read
-    (not an attribute, a keyword argument or a definition's own name)."""
-    skipped: set[int] = set()
-    found: list[cst.Name] = []
-    for child in walk(node):
-        if isinstance(child, cst.Attribute):
-            skipped.add(id(child.attr))
-        elif isinstance(child, cst.Arg) and child.keyword is not None:
-            skipped.add(id(child.keyword))
-        elif isinstance(child, cst.Name) and id(child) not in skipped and identifier(child) == name:
-            found.append(child)
-    return found
-
-
-def _touches(node: cst.CSTNode, name: str, allowed: cst.Name) -> cst.CSTNode | None:
-    """A use of the variable `name` under `node` other than `allowed` and a plain test of
-    its size (`if not <name>:`, `if <name>:`, `len(<name>)`): one that may rebind, filter
-    or mutate it. Returns the enclosing node of the first such use, or None."""
-    harmless: set[int] = {id(allowed)}
-    for child in walk(node):
-        if isinstance(child, (cst.If, cst.While)):
-            test = child.test
-            if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
-                test = test.expression
-            if isinstance(test, cst.Name):
-                harmless.add(id(test))
-        elif (
-            isinstance(child, cst.Call)
-            and dotted(child.func) == "len"
-            and len(child.args) == 1
-            and isinstance(child.args[0].value, cst.Name)
-        ):
-            harmless.add(id(child.args[0].value))
-    for use in _name_uses(node, name):
-        if id(use) not in harmless:
-            return next(
-                (
-                    statement
-                    for statement in walk(node)
-                    if isinstance(statement, (cst.SimpleStatementLine, cst.BaseCompoundStatement))
-                    and any(n is use for n in walk(statement))
-                    and not isinstance(statement, (cst.For, cst.If, cst.While, cst.With, cst.Try))
-                ),
-                use,
-            )
-    return None
 
 
 def _tests_not_none(test: cst.BaseExpression, name: str) -> bool:

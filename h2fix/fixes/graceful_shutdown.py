@@ -99,6 +99,7 @@ class _Proof:
             self.code_is_refused_stream(code)
             return None  # fixed upstream: leave it byte for byte
         self.request_is_unprocessed(path, subject, live.receiver)
+        self.live.events_reach_the_dispatch(self.branch, live)
         return call
 
     # Each check: one obligation, its refusal beside it.

@@ -182,6 +182,7 @@ class _Proof:
         send = self.class_sends_pending_bytes(live, connection)
         raw_data = self.raw_data_from_the_package_events(live.method)
         self.live.h2_names_the_package(live.method, "h2.connection.ConnectionState")
+        self.live.events_reach_the_dispatch(request, live)
         # (b) the close once idle in the StreamClosed arm
         branch = self.one_closed_branch(closed)
         other = self.live_dispatch(branch, _STREAM_EVENT_BASES)
