@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from h2fix._probe import H2Client
 from support.grpc_app import NOT_FOUND, frame
 from support.releases import unpacked
 from support.servers import running_server
+from support.tools import tool
 from support.versions import BEFORE_310, DEFAULT_PYTHON, needs_anycorn, needs_hypercorn_018
 
 pytestmark = pytest.mark.server
@@ -389,11 +389,7 @@ def test_grpclib_calls_after_deadlines_and_cancels(servers: Servers, release: Re
 
 
 def nghttp2_tool(name: str) -> str:
-    """The tool's path; a missing tool fails the test (CI installs it), never skips it."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"expected {name} on PATH (apt-get install nghttp2-client; .ci/run does)")
-    return path
+    return tool(name, "nghttp2-client")
 
 
 @dataclasses.dataclass

@@ -3,19 +3,16 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 from h2fix._probe import H2Client, Response
-
-CURL = shutil.which("curl")
+from support.tools import tool
 
 
 def curl_h2c(port: int) -> subprocess.CompletedProcess[str]:
     """`curl --http2` of /hello over plain HTTP: an HTTP/1.1 request that upgrades to h2c."""
-    assert CURL, "curl is needed: .ci/run installs it"
     return subprocess.run(
-        [CURL, "--http2", "-sS", "--max-time", "10", "-w", " HTTP/%{http_version}",
+        [tool("curl", "curl"), "--http2", "-sS", "--max-time", "10", "-w", " HTTP/%{http_version}",
          f"http://127.0.0.1:{port}/hello"],
         capture_output=True, text=True, check=False, timeout=30,
     )  # fmt: skip
