@@ -116,11 +116,16 @@ def module(**parts: str) -> str:
     """A protocol module in Hypercorn's shape, with some of its parts replaced."""
     p = {**DEFAULTS, **parts}
     return (
-        f"{p['imports']}\n\n"
+        f"import h2.connection\n{p['imports']}\n\n"
         f"{p['buffer_class']}\n\n"
         "class H2Protocol:\n"
         "    def __init__(self) -> None:\n"
+        "        self.connection = h2.connection.H2Connection()\n"
         f"{block(p['init'], 2)}\n"
+        # As every release: the caller hands the dispatch what h2 received, whole.
+        "    async def handle(self, data):\n"
+        "        events = self.connection.receive_data(data)\n"
+        "        await self._handle_events(events)\n\n"
         "    async def _send_data(self, stream_id: int) -> None:\n"
         f"{block(p['send_before'], 2)}"
         "        try:\n"
@@ -346,6 +351,15 @@ TWO_CLASSES = module() + "\n\n" + module().split("\n\n\n", 1)[1].replace("H2Prot
 
 # id: (parts, expected in the refusal's `expected`)
 REFUSALS = {
+    # "Applied" while broken: a reset dropped before the dispatch never reaches the branch,
+    # so its stream's state would leak whatever the branch releases.
+    "resets-filtered-before-the-loop": (
+        {
+            "events": "async def _handle_events(self, events):\n"
+            "        events = [e for e in events if not isinstance(e, h2.events.StreamReset)]"
+        },
+        "only looped over in _handle_events",
+    ),
     "send-data-releases-otherwise": (
         {"send_release": "self.priority.remove_stream(stream_id)\n"},
         "releases the stream's send state",

@@ -430,21 +430,26 @@ class LiveMethods:
         reaches the branch: whatever the fix changes there, the server goes on doing what
         it did for that event (late DATA never acknowledged, a request during shutdown
         never answered), and "repaired" would be untrue."""
+        if branch.subject is None:
+            raise Refusal("the dispatch on a plain name (`isinstance(event, ...)`)")
+        self.events_reach(branch.ancestors, branch.subject, live)
+
+    def events_reach(self, ancestors: Sequence[cst.CSTNode], subject: str, live: Live) -> None:
+        """`events_reach_the_dispatch` for a branch below `ancestors` testing `subject`."""
         method = live.method
         if id(method) in self._reach_proven:
             return
         name = identifier(method.name)
-        loop = next((n for n in reversed(branch.ancestors) if isinstance(n, cst.For)), None)
+        loop = next((n for n in reversed(ancestors) if isinstance(n, cst.For)), None)
         if (
             loop is None
-            or dotted(loop.target) != branch.subject
+            or dotted(loop.target) != subject
             or not isinstance(loop.iter, cst.Name)
             or identifier(loop.iter) not in parameters(method)
         ):
             found = "" if loop is None else self.module.code_for_node(loop.target)
             raise Refusal(
-                f"the branch in a `for {branch.subject} in <events>:` loop over a parameter "
-                f"of {name}",
+                f"the branch in a `for {subject} in <events>:` loop over a parameter of {name}",
                 f"for {found} in {self.module.code_for_node(loop.iter)}" if loop else "no loop",
             )
         events = identifier(loop.iter)

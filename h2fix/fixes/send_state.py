@@ -63,7 +63,7 @@ from ._syntax import (
     walk,
 )
 from ._syntax import first_parameter as self_name
-from ._tree import children, may_hold_blocks, transform
+from ._tree import children, may_hold_blocks, path_to, transform
 
 NAME = "send_state"
 
@@ -822,6 +822,16 @@ class _Fix:
                 )
         if released:
             return
+        # A reset dropped before the dispatch (filtered, or by the caller) never gets here:
+        # its stream would leak whatever the branch releases.
+        try:
+            live_method.LiveMethods(self.module).events_reach(
+                path_to(method, branch) or (),
+                identifier(subject),
+                live_method.Live(cls, method, receiver),
+            )
+        except live_method.Refusal as refusal:
+            self.refuse(where, refusal.expected, refusal.found)
         lines = list(body.body)
         lines.insert(end, self.release(receiver, names, stream_id))
         self.plan.blocks[id(body)] = lines
