@@ -545,7 +545,10 @@ VARIANTS: dict[str, Variant] = {
         trailers_branch_without_flush, "fix|refuse", served=True
     ),
     # benign drift
-    "trailers-imported-under-alias": Variant(trailers_imported_under_alias, "fix"),
+    # The reviewer's verdict is "fix" (benign drift); h2fix refuses a Trailers class
+    # imported under another name ("Trailers is named, but no such branch exists"): a
+    # needless refusal, accepted (nothing changes, the report says why).
+    "trailers-imported-under-alias": Variant(trailers_imported_under_alias, "fix|refuse"),
     "end-body-with-metrics": Variant(end_body_with_metrics, "fix"),
     "end-body-test-with-or": Variant(end_body_test_with_or, "fix|refuse"),
     "end-body-split-in-two": Variant(end_body_split_in_two, "fix|refuse"),

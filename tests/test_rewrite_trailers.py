@@ -24,7 +24,11 @@ def module(trailers_branch: str, *, end_of_body: bool = True, first: str = "") -
     )
     if not end_of_body:
         end = "elif isinstance(event, (EndBody, EndData)):\n    pass\n"
-    branches = [textwrap.dedent(trailers_branch), end]
+    trailers = textwrap.dedent(trailers_branch)
+    if trailers.splitlines()[0].endswith(":") and "_flush()" not in trailers:
+        # As every release: the branch hands what h2 encoded to the transport.
+        trailers += "    await self._flush()\n"
+    branches = [trailers, end]
     if first == "trailers-last":
         branches.reverse()
     chain = "".join(branches).replace("elif", "if", 1)
@@ -39,7 +43,16 @@ def module(trailers_branch: str, *, end_of_body: bool = True, first: str = "") -
         "        try:\n"
         f"{body}"
         "        except KeyError:\n"
-        "            return\n"
+        "            return\n\n"
+        # Where the send task's objects come from, and where h2's bytes go out: the fix
+        # proves the end-of-body branch acts on these.
+        "    async def _create_stream(self, request):\n"
+        "        self.stream_buffers[request.stream_id] = StreamBuffer()\n"
+        "        self.priority.insert_stream(request.stream_id)\n\n"
+        "    async def send_task(self):\n"
+        "        await self.has_data.wait()\n\n"
+        "    async def _flush(self):\n"
+        "        await self.send(self.connection.data_to_send())\n"
     )
 
 
@@ -230,6 +243,7 @@ def test_attribute_names_come_from_the_class() -> None:
         .replace(".has_data.", ".wakeup.")
         .replace(".stream_buffers[", ".buffers[")
         .replace("(self, event)", "(this, event)")
+        .replace("(self, request)", "(this, request)")
         .replace("(self)", "(this)")
         .replace("self.", "this.")
     )

@@ -344,6 +344,8 @@ class _Proof:
         body = self.branch_body()
         send_index, call = self.one_direct_send(body)
         connection_names = self.sent_on_h2_connection(cls, method, receiver, call)
+        self.objects_are_the_send_tasks(cls, objects, receiver)
+        self.flushed_after_the_send(cls, body, send_index, receiver, connection_names)
         stream_id = self.on_the_drained_stream(method, call, objects, body, send_index)
         present = self.steps_present(body, send_index, receiver, objects)
         self.nothing_else_touches(body, send_index, present, receiver, objects, connection_names)
@@ -493,6 +495,82 @@ class _Proof:
         if local is not None:
             names.add(local)
         return names
+
+    def objects_are_the_send_tasks(
+        self, cls: cst.ClassDef, objects: _Objects, receiver: str
+    ) -> None:
+        """The objects learnt from the end-of-body branch are the ones the send task uses:
+        streams are put in that tree (`insert_stream`) and given buffers in that dict, and
+        someone waits on that event. An end-of-body branch that acts on others (a second
+        tree, a dict nobody fills) is itself broken, and copying it breaks the trailers."""
+        uses = {
+            (attribute, name)
+            for member in self.family(cls)
+            for method in class_methods(member).values()
+            for node in walk(method)
+            if (call := method_call(node) if isinstance(node, cst.BaseExpression) else None)
+            and (attribute := self_attribute(call[0], first_parameter(method) or "")) is not None
+            for name in (call[1],)
+        }
+        tree = objects.attributes[_Step.UNBLOCK]
+        if (tree, "insert_stream") not in uses:
+            raise _Refusal(
+                f"streams inserted in {receiver}.{tree} somewhere in the class (`insert_stream`):"
+                " the tree the end-of-body branch unblocks must be the send task's",
+                f"no {receiver}.{tree}.insert_stream(...)",
+            )
+        event = objects.attributes[_Step.WAKE]
+        if (event, "wait") not in uses:
+            raise _Refusal(
+                f"{receiver}.{event}.wait() somewhere in the class: the event the end-of-body "
+                "branch sets must be the one the send task waits on",
+                f"no {receiver}.{event}.wait()",
+            )
+        buffers = objects.attributes[_Step.DRAIN]
+        if not any(item for item, _ in self.assignments(cls, buffers)):
+            raise _Refusal(
+                f"`{receiver}.{buffers}[<stream>] = ...` somewhere in the class: the buffers the "
+                "end-of-body branch drains must be the ones streams are given",
+                f"no item of {receiver}.{buffers} assigned",
+            )
+
+    def flushed_after_the_send(
+        self,
+        cls: cst.ClassDef,
+        body: cst.IndentedBlock,
+        send_index: int,
+        receiver: str,
+        connection_names: set[str],
+    ) -> None:
+        """After the send, the branch awaits a method of the class that sends the same
+        connection's `data_to_send()`: otherwise the trailers, END_STREAM with them, stay in
+        h2's buffer (a second H2Connection the protocol never flushes, or no flush at all)."""
+        attribute = next(n for n in connection_names if n.startswith(f"{receiver}."))
+        attribute = attribute[len(receiver) + 1 :]
+        flushes = {
+            name
+            for member in self.family(cls)
+            for name, method in class_methods(member).items()
+            if any(
+                (call := method_call(node) if isinstance(node, cst.BaseExpression) else None)
+                and call[1] == "data_to_send"
+                and self_attribute(call[0], first_parameter(method) or "") == attribute
+                for node in walk(method)
+            )
+        }
+        for statement in body.body[send_index + 1 :]:
+            expression = statement_expression(statement)
+            if isinstance(expression, cst.Await):
+                expression = expression.expression
+            call = method_call(expression) if expression is not None else None
+            if call is not None and dotted(call[0]) == receiver and call[1] in flushes:
+                return
+        raise _Refusal(
+            f"`await {receiver}.<flush>()` after the send in the branch, a method of the class "
+            f"that sends {receiver}.{attribute}.data_to_send() (the trailers stay in h2's "
+            "buffer otherwise)",
+            _arm_code(self.module, self.arm),
+        )
 
     def local_alias(self, method: cst.FunctionDef, local: str, receiver: str) -> str | None:
         """`attr` when `local` is bound exactly once in the method, by `local = self.attr`."""
