@@ -442,6 +442,33 @@ TRACED = '''def traced(method: Callable[..., Awaitable[None]]) -> Callable[..., 
 
 class H2Protocol:
 '''
+LOGGED = '''def logged(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """The protocol method, its failures logged (a new function around the original)."""
+
+    async def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            await method(*args, **kwargs)
+        except Exception:
+            logging.getLogger(__name__).exception("h2 protocol")
+            raise
+
+    return wrapper
+
+
+class H2Protocol:
+'''
+# The class attribute is the wrapper; the code that runs is the original function it holds.
+stream_send_wrapped_by_assignment = replacing(
+    ("import h2\n", "import logging\nfrom typing import Any\n\nimport h2\n"),
+    (CLASS_HEAD, LOGGED),
+    (FLUSH_DEF, "    stream_send = logged(stream_send)\n\n" + FLUSH_DEF),
+)
+handle_events_returns_when_closed = replacing(
+    (
+        LOOP_HEAD,
+        "        if self.closed:\n            return  # the connection is gone\n" + LOOP_HEAD,
+    )
+)
 methods_decorated = replacing(
     (CLASS_HEAD, TRACED),
     (HANDLE_EVENTS_DEF, "    @traced\n" + HANDLE_EVENTS_DEF),
@@ -499,7 +526,7 @@ VARIANTS: dict[str, Variant] = {
     "rawdata-local-list": Variant(rawdata_local_list, {MR: "refuse"}),
     "rawdata-subclass": Variant(rawdata_subclass, {MR: "fix|refuse"}),
     "connection-reset-without-code": Variant(
-        connection_reset_without_code, {GS: "refuse", MR: "fix|refuse"}, served=(GS,)
+        connection_reset_without_code, {GS: "refuse", MR: "fix|refuse"}
     ),
     "connection-reset-forwards-code": Variant(connection_reset_forwards_code, {GS: "fix|refuse"}),
     "context-aliased": Variant(context_aliased, BOTH_EITHER),
@@ -632,6 +659,12 @@ VARIANTS: dict[str, Variant] = {
         served=(MR,),
     ),
     "methods-decorated": Variant(methods_decorated, BOTH_EITHER),
+    "stream-send-wrapped-by-assignment": Variant(
+        stream_send_wrapped_by_assignment, {MR: "fix|refuse"}, served=(MR,)
+    ),
+    "handle-events-returns-when-closed": Variant(
+        handle_events_returns_when_closed, {GS: "fix", MR: "fix"}
+    ),
 }
 
 
