@@ -213,6 +213,16 @@ def _with_code(code: str) -> str:
 
 # Drifted shapes the fix cannot prove safe: (source, words the refusal must expect)
 REFUSED_CASES = {
+    # "Not applicable" while the fault stays: the reset is in a method the branch calls.
+    "reset-in-a-helper": (
+        module(
+            REQUEST_0_17.replace(
+                "self.connection.reset_stream(event.stream_id)", "self._refuse(event.stream_id)"
+            ),
+            after="def _refuse(self, stream_id):\n    self.connection.reset_stream(stream_id)\n",
+        ),
+        "directly in the RequestReceived branch",
+    ),
     # "Applied" while broken: a request dropped before the dispatch is never answered at
     # all, so changing the reset's code repairs nothing for it.
     "shutdown-requests-dropped-before-the-loop": (

@@ -205,13 +205,6 @@ REWRITES = {
             CLOSED_FIXED,
         ),
     ),
-    "conditional-shutdown-test": (
-        module(closed=CLOSED.replace("self.context.terminated.is_set()", "(a if b else c)")),
-        module(
-            REQUEST_FIXED,
-            CLOSED_FIXED.replace("self.context.terminated.is_set()", "(a if b else c)"),
-        ),
-    ),
     # Python reads identifiers NFKC-normalised: a fullwidth letter names the same thing.
     "fullwidth-receiver": (
         module().replace(*FULLWIDTH_SELF),
@@ -289,6 +282,45 @@ def _count(statement: str) -> str:
 
 # Drifted shapes the fix cannot prove safe: (source, words the refusal must expect)
 REFUSED = {
+    # The idle close's own condition must be the shutdown test alone: with another one
+    # (a limit test already) it closes while h2 still has streams open.
+    "conditional-shutdown-test": (
+        module(closed=CLOSED.replace("self.context.terminated.is_set()", "(a if b else c)")),
+        "the shutdown test alone",
+    ),
+    "idle-close-already-over-the-limit": (
+        module(
+            closed=CLOSED.replace(
+                "self.context.terminated.is_set()", f"(self.context.terminated.is_set() or {LIMIT})"
+            )
+        ),
+        "the shutdown test alone",
+    ),
+    # "Applied" while broken: the limit's arm still ends the connection another way.
+    "limit-arm-closes-the-transport-too": (
+        module(REQUEST.replace(CLOSE, CLOSE + "        await self.send(Closed())\n")),
+        "the close alone under the limit test",
+    ),
+    "limit-arm-stops-the-sender": (
+        module(REQUEST.replace(CLOSE, CLOSE + "        self.closed = True\n")),
+        "the close alone under the limit test",
+    ),
+    "limit-read-through-a-property": (
+        module(
+            _request("self.keep_alive_requests > self.request_limit"),
+            after="@property\ndef request_limit(self):\n"
+            "    return self.config.keep_alive_max_requests\n",
+        ),
+        "not properties",
+    ),
+    # "Not applicable" while the fault stays: the close is in a method the branch calls.
+    "close-in-a-helper": (
+        module(
+            REQUEST.replace(CLOSE, "        await self._goodbye()\n"),
+            after="async def _goodbye(self):\n    self.connection.close_connection()\n",
+        ),
+        "directly in the RequestReceived branch",
+    ),
     # The dispatch sees every event h2 reports, or the counter and the limit are not
     # what the fix assumes they are.
     "requests-filtered-by-the-caller": (

@@ -360,15 +360,20 @@ def _handed_the_event(node: cst.CSTNode, subject: str, receiver: str) -> set[str
 # --- the fix -----------------------------------------------------------------------
 
 
+def _resets(node: cst.CSTNode) -> bool:
+    """Whether anything under `node` calls `<object>.reset_stream(...)`."""
+    return any(
+        isinstance(child, cst.Call)
+        and (call := method_call(child)) is not None
+        and call[1] == _RESET
+        for child in walk(node)
+    )
+
+
 def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
     branches = find_branches(tree, NAME, (REQUEST,))
     if not branches:
-        if names_any(tree, (REQUEST,)) and any(
-            isinstance(node, cst.Call)
-            and (call := method_call(node)) is not None
-            and call[1] == _RESET
-            for node in walk(tree)
-        ):
+        if names_any(tree, (REQUEST,)) and _resets(tree):
             raise UnrecognisedStructureError(
                 NAME,
                 "<module>",
@@ -377,10 +382,17 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
             )
         return tree, FixOutcome(NAME, Outcome.NOT_APPLICABLE, f"this module handles no {REQUEST}")
     branch = only_branch(NAME, REQUEST, branches)
-    if not any(
-        isinstance(node, cst.Call) and (call := method_call(node)) is not None and call[1] == _RESET
-        for node in walk(branch.node.body)
-    ):
+    if not _resets(branch.node.body):
+        if _resets(tree):
+            # A reset elsewhere (a helper the branch calls, say) may be the one that answers
+            # a request in shutdown: the fix cannot see it, so it cannot say there is none.
+            raise UnrecognisedStructureError(
+                NAME,
+                branch.where,
+                f"the {_RESET}() that refuses a request in shutdown directly in the {REQUEST} "
+                "branch",
+                f"{_RESET}() is called elsewhere in the module, not in the branch",
+            )
         return tree, FixOutcome(
             NAME, Outcome.NOT_APPLICABLE, f"{branch.where} resets no stream as a request arrives"
         )

@@ -69,6 +69,7 @@ from ._syntax import (
     bindings_of,
     bound_names,
     calls_named,
+    class_methods,
     dotted,
     first_parameter,
     identifier,
@@ -87,6 +88,8 @@ CLOSED = "StreamClosed"
 _CLOSE = "close_connection"
 _RAW_DATA = "RawData"
 _PENDING = "data_to_send"
+#: The server setting the limit is read from (Hypercorn's Config): a module naming it limits.
+_LIMIT_SETTING = "keep_alive_max_requests"
 #: Base classes an earlier arm could take each event by (h2's events; Hypercorn's
 #: stream events, imported as StreamEvent).
 _H2_EVENT_BASES = ("Event",)
@@ -176,9 +179,11 @@ class _Proof:
         self.is_async(request, live)
         body = self.body_on_own_lines(request)
         limit_if, limit_body, statement = self.close_under_a_limit_test(body, close)
+        self.limit_arm_only_closes(live, limit_body, statement)
         self.live.reachable_in_branch(request, limit_if, f"the `if <limit>: ...{_CLOSE}()`")
         connection = self.close_on_h2_connection(live, close)
         counter, limit = self.limit_is_pure(limit_if.test, live.receiver)
+        self.no_property_read(live, [counter, *limit])
         send = self.class_sends_pending_bytes(live, connection)
         raw_data = self.raw_data_from_the_package_events(live.method)
         self.live.h2_names_the_package(live.method, "h2.connection.ConnectionState")
@@ -395,7 +400,96 @@ class _Proof:
                 self.module.code_for_node(test),
             )
         self.live.reachable_in_branch(branch, idle_if, f"the idle `if ...: ...{_CLOSE}()`")
+        self.shutdown_test_alone(live, test.right)
         return idle_if, test, test.right
+
+    def limit_arm_only_closes(
+        self, live: Live, limit_body: cst.IndentedBlock, close: cst.SimpleStatementLine
+    ) -> None:
+        """The arm under the limit test holds the close and nothing else but awaits of the
+        class's flush: anything more (`await self.send(Closed())`, `self.closed = True`)
+        still ends the connection with responses in flight once the close is a GOAWAY."""
+        flushes = {
+            identifier(method.name)
+            for method in _family_methods(self.live.family(live.cls))
+            if any(
+                isinstance(node, cst.Call)
+                and (call := method_call(node)) is not None
+                and call[1] == _PENDING
+                for node in walk(method)
+            )
+        }
+        for statement in limit_body.body:
+            if statement is close:
+                continue
+            expression = statement_expression(statement)
+            awaited = expression.expression if isinstance(expression, cst.Await) else None
+            call = method_call(awaited) if awaited is not None else None
+            flush = (
+                call is not None
+                and dotted(call[0]) == live.receiver
+                and call[1] in flushes
+                and not call[2].args
+            )
+            # A plain call on a module-level name (`log.info(...)`) cannot reach the
+            # connection but through its arguments; one on the protocol object can.
+            logged = method_call(expression) if isinstance(expression, cst.Call) else None
+            plain = (
+                logged is not None
+                and isinstance(logged[0], cst.Name)
+                and identifier(logged[0]) != live.receiver
+                and not any(
+                    isinstance(node, cst.Call)
+                    and (dotted(node.func) or "").split(".")[0] == live.receiver
+                    for node in walk(logged[2])
+                )
+            )
+            if not (flush or plain):
+                raise Refusal(
+                    "the close alone under the limit test (with awaits of the class's flush "
+                    "or logging at most): anything else there may still end the connection",
+                    self.module.code_for_node(statement).strip(),
+                )
+
+    def no_property_read(self, live: Live, attributes: list[str]) -> None:
+        """The counter and the limit are plain attributes: a property (a method of the class
+        family by that name) may count or change something each time it is read, and the
+        fix reads the limit test again once idle."""
+        methods = {
+            identifier(method.name) for method in _family_methods(self.live.family(live.cls))
+        }
+        read = [attribute for attribute in attributes if attribute in methods]
+        if read:
+            raise Refusal(
+                "the counter and the limit read as plain attributes, not properties (the fix "
+                "evaluates the limit test again)",
+                f"{live.receiver}.{read[0]} is a method of the class",
+            )
+
+    def shutdown_test_alone(self, live: Live, terminated: cst.BaseExpression) -> None:
+        """The idle close's own condition is the shutdown test alone: `<...>.is_set()`, or a
+        local bound once to it. Another condition there (a limit test already, `or` a
+        flag) would close the connection once idle while h2 still has streams open, the
+        race the fix's `and nothing is open in h2` is there to prevent."""
+        value: cst.BaseExpression | None = terminated
+        if isinstance(terminated, cst.Name):
+            name = identifier(terminated)
+            bound = [
+                node.value
+                for node in walk(live.method.body)
+                if isinstance(node, cst.Assign)
+                and len(node.targets) == 1
+                and dotted(node.targets[0].target) == name
+            ]
+            once = bindings_of(live.method.body).count(name) == 1 and len(bound) == 1
+            value = bound[0] if once else None
+        call = method_call(value) if value is not None else None
+        if call is None or call[1] != "is_set" or call[2].args or dotted(call[0]) is None:
+            raise Refusal(
+                "the idle close's condition `<idle> and <...>.is_set()` (the shutdown test "
+                "alone, or a local bound once to it)",
+                self.module.code_for_node(terminated),
+            )
 
     def no_other_close(self, close: cst.Call, idle_if: cst.If) -> None:
         """The module closes the connection only where the fix knows: at the limit (which
@@ -595,6 +689,33 @@ def _closes_once_idle_over_a_limit(closed: list[Branch]) -> bool:
     return False
 
 
+def _closing_helper(request: Branch) -> str | None:
+    """A method of the class the request branch calls (directly, or through the methods
+    those call) that closes the connection, or None."""
+    classes = [n for n in request.ancestors if isinstance(n, cst.ClassDef)]
+    method = request.method
+    receiver = first_parameter(method) if method is not None else None
+    if not classes or receiver is None:
+        return None
+    methods = class_methods(classes[-1])
+    seen: set[str] = set()
+    pending: list[cst.CSTNode] = [request.node.body]
+    while pending:
+        node = pending.pop()
+        for child in walk(node):
+            call = method_call(child) if isinstance(child, cst.Call) else None
+            if call is None or dotted(call[0]) != receiver or call[1] in seen:
+                continue
+            seen.add(call[1])
+            helper = methods.get(call[1])
+            if helper is None:
+                continue
+            if _closes(helper):
+                return identifier(helper.name)
+            pending.append(helper.body)
+    return None
+
+
 def _closes(node: cst.CSTNode) -> list[cst.Call]:
     return [
         child
@@ -622,6 +743,16 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
                 Outcome.FIXED_UPSTREAM,
                 f"{request.where} does not close the connection as a request arrives; "
                 f"{closed[0].where} closes it once idle, testing a limit",
+            )
+        helper = _closing_helper(request)
+        if helper is not None:
+            # A close the branch reaches through a method (a helper, `_create_stream`) is
+            # one the fix cannot see or repair: "nothing to do" would be untrue.
+            raise UnrecognisedStructureError(
+                NAME,
+                request.where,
+                f"the {_CLOSE}() a request may cause directly in the {REQUEST} branch",
+                f"{_CLOSE}() in {helper}, which the branch calls",
             )
         # Hypercorn <= 0.15 has no request limit at all.
         return tree, FixOutcome(
