@@ -44,7 +44,14 @@ import h2fix
 from h2fix import H2FixError, Outcome
 from h2fix._probe import H2Client, free_port
 from h2fix._probe import serving as serving_command
-from support.edits import Edit, in_method, method_text, replace_once, replacing
+from support.edits import (
+    Edit,
+    in_method,
+    match_case_dispatch,
+    method_text,
+    replace_once,
+    replacing,
+)
 from support.isolated import copy_package
 from support.late_data import WINDOW, answered_early, send_body
 from support.releases import h2_source
@@ -155,22 +162,6 @@ isinstance_tuple = replacing(
     (DATA_TEST, "            elif isinstance(event, (h2.events.DataReceived,)):\n")
 )
 
-
-def _to_match(method: str) -> str:
-    lines = method.splitlines(keepends=True)
-    first = next(i for i, line in enumerate(lines) if "if isinstance(event, h2.events.Req" in line)
-    last = next(i for i, line in enumerate(lines) if line == "        await self._flush()\n")
-    out = [*lines[:first], "            match event:\n"]
-    for line in lines[first:last]:
-        branch = re.match(r"^            (?:el)?if isinstance\(event, ([\w.]+)\):$", line)
-        if branch:
-            out.append(f"                case {branch[1]}():\n")
-        else:
-            out.append("    " + line if line.strip() else line)
-    return "".join(out + lines[last:])
-
-
-match_case_dispatch = in_method("_handle_events", _to_match)
 
 # --- a repair that is already there ----------------------------------------------------------
 
