@@ -503,15 +503,7 @@ class _Proof:
         streams are put in that tree (`insert_stream`) and given buffers in that dict, and
         someone waits on that event. An end-of-body branch that acts on others (a second
         tree, a dict nobody fills) is itself broken, and copying it breaks the trailers."""
-        uses = {
-            (attribute, name)
-            for member in self.family(cls)
-            for method in class_methods(member).values()
-            for node in walk(method)
-            if (call := method_call(node) if isinstance(node, cst.BaseExpression) else None)
-            and (attribute := self_attribute(call[0], first_parameter(method) or "")) is not None
-            for name in (call[1],)
-        }
+        uses = self.self_calls(cls)
         tree = objects.attributes[_Step.UNBLOCK]
         if (tree, "insert_stream") not in uses:
             raise _Refusal(
@@ -534,6 +526,15 @@ class _Proof:
                 f"no item of {receiver}.{buffers} assigned",
             )
 
+    def self_calls(self, cls: cst.ClassDef) -> set[tuple[str, str]]:
+        """(attribute, method) for each `<self>.<attribute>.<method>(...)` in the family."""
+        return {
+            found
+            for member in self.family(cls)
+            for method in class_methods(member).values()
+            for found in _self_calls_in(method)
+        }
+
     def flushed_after_the_send(
         self,
         cls: cst.ClassDef,
@@ -551,12 +552,7 @@ class _Proof:
             name
             for member in self.family(cls)
             for name, method in class_methods(member).items()
-            if any(
-                (call := method_call(node) if isinstance(node, cst.BaseExpression) else None)
-                and call[1] == "data_to_send"
-                and self_attribute(call[0], first_parameter(method) or "") == attribute
-                for node in walk(method)
-            )
+            if (attribute, "data_to_send") in _self_calls_in(method)
         }
         for statement in body.body[send_index + 1 :]:
             expression = statement_expression(statement)
@@ -811,6 +807,18 @@ class _Proof:
             if shown is None or self.defines(shown, method):
                 return True  # a base the module does not show may define it
         return False
+
+
+def _self_calls_in(method: cst.FunctionDef) -> set[tuple[str, str]]:
+    """(attribute, method) for each `<self>.<attribute>.<method>(...)` in `method`."""
+    receiver = first_parameter(method) or ""
+    calls = set()
+    for node in walk(method):
+        call = method_call(node) if isinstance(node, cst.BaseExpression) else None
+        attribute = self_attribute(call[0], receiver) if call is not None else None
+        if call is not None and attribute is not None:
+            calls.add((attribute, call[1]))
+    return calls
 
 
 def _local_value(
