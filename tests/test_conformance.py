@@ -40,7 +40,7 @@ from support.conformance_service import PATH_PREFIX, pattern
 from support.grpc_load import settle
 from support.releases import unpacked
 from support.servers import WITH_FIX, running_server
-from support.versions import needs_anycorn, needs_hypercorn_018
+from support.versions import needs_anycorn, needs_hypercorn_018, wheel_on_default_python
 
 pytestmark = pytest.mark.server
 
@@ -84,7 +84,8 @@ KEEP_ALIVE = ["--keep-alive-max-requests", "1000000"]
 def _marks(target: str, release: str) -> list[pytest.MarkDecorator]:
     if release == installed(target):
         return []
-    return [pytest.mark.network, needs_anycorn if target == "anycorn" else needs_hypercorn_018]
+    needs = needs_anycorn if target == "anycorn" else needs_hypercorn_018
+    return [pytest.mark.network, needs, wheel_on_default_python]
 
 
 @dataclasses.dataclass

@@ -40,6 +40,7 @@ from support.grpc_app import frame, unframe
 from support.releases import unpacked
 from support.servers import WITH_FIX, running_server
 from support.versions import BEFORE_310, needs_hypercorn_018
+from support.versions import wheel_on_default_python as ON_DEFAULT
 
 pytestmark = pytest.mark.server
 
@@ -79,9 +80,9 @@ def row(target: str, version: str | None, worker_class: str, *marks: Any) -> Any
 SERVERS = [
     row("hypercorn", None, "asyncio"),
     row("hypercorn", None, "trio"),
-    row("hypercorn", "0.18.0", "asyncio", pytest.mark.network, needs_hypercorn_018),
-    row("hypercorn", "0.18.0", "trio", pytest.mark.network, needs_hypercorn_018),
-    row("anycorn", "0.20.1", "trio", pytest.mark.network, needs_anycorn_020),
+    row("hypercorn", "0.18.0", "asyncio", pytest.mark.network, needs_hypercorn_018, ON_DEFAULT),
+    row("hypercorn", "0.18.0", "trio", pytest.mark.network, needs_hypercorn_018, ON_DEFAULT),
+    row("anycorn", "0.20.1", "trio", pytest.mark.network, needs_anycorn_020, ON_DEFAULT),
 ]
 
 
