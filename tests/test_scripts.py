@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from support.servers import ROOT
-from support.versions import needs_hypercorn_018, needs_patchy
+from support.versions import needs_hypercorn_018, needs_patchy, script_on_default_python
 
 
 def run_script(name: str, *args: str) -> str:
@@ -38,6 +38,7 @@ def row(output: str, name: str) -> list[str]:
     return match[1].split()
 
 
+@script_on_default_python
 @needs_patchy
 def test_bench_startup() -> None:
     output = run_script("bench_startup.py", "--repeat", "2")
@@ -59,6 +60,7 @@ def test_bench_startup() -> None:
         assert ratio(output, label) > 0
 
 
+@script_on_default_python
 @pytest.mark.server
 def test_bench_workers() -> None:
     output = run_script("bench_workers.py", "--rounds", "1", "--workers", "2")
@@ -72,6 +74,7 @@ def test_bench_workers() -> None:
     assert int(match[1]) >= 1
 
 
+@script_on_default_python
 @pytest.mark.server
 @pytest.mark.network
 @needs_hypercorn_018  # the stock server it measures against

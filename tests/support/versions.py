@@ -64,3 +64,11 @@ wheel_on_default_python = pytest.mark.skipif(
     reason="this release is served from its wheel on CI's default Python 3.11 only (the "
     "installed release is served on every Python; this keeps CI's three Pythons in time)",
 )
+
+#: The benchmark scripts are tools a developer runs (the README's figures come from the
+#: default Python): their smoke tests run there only.
+script_on_default_python = pytest.mark.skipif(
+    sys.version_info[:2] != DEFAULT_PYTHON,
+    reason="the benchmark scripts' smoke test runs on CI's default Python 3.11 only (they are "
+    "developer tools; h2fix's own start-up path is tested on every Python)",
+)
