@@ -46,9 +46,11 @@ from h2fix._probe import H2Client, free_port
 from h2fix._probe import serving as serving_command
 from support.edits import (
     Edit,
+    handle_events_decorated,
     in_method,
     match_case_dispatch,
     method_text,
+    protocol_rebound_to_subclass,
     replace_once,
     replacing,
 )
@@ -412,39 +414,6 @@ def overridden_in_subclass(text: str) -> str:
     override = method_text(text, "_handle_events")
     text = replace_once(text, CLASS_HEAD, "class _BaseH2Protocol:\n")
     return text + "\n\nclass H2Protocol(_BaseH2Protocol):\n" + override.rstrip("\n") + "\n"
-
-
-def protocol_rebound_to_subclass(text: str) -> str:
-    override = method_text(text, "_handle_events")
-    return (
-        text
-        + "\n\nclass _TracedH2Protocol(H2Protocol):\n"
-        + override.rstrip("\n")
-        + "\n\n\nH2Protocol = _TracedH2Protocol  # type: ignore[misc]\n"
-    )
-
-
-DECORATOR = '''def counted(
-    method: Callable[..., Awaitable[None]],
-) -> Callable[..., Awaitable[None]]:
-    """Counts a protocol method's calls (for the worker's metrics)."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: object, **kwargs: object) -> None:
-        wrapper.calls += 1  # type: ignore[attr-defined]
-        await method(*args, **kwargs)
-
-    wrapper.calls = 0  # type: ignore[attr-defined]
-    return wrapper
-
-
-class H2Protocol:
-'''
-handle_events_decorated = replacing(
-    (TYPING_IMPORT, "import functools\n" + TYPING_IMPORT),
-    (CLASS_HEAD, DECORATOR),
-    (HANDLE_EVENTS_DEF, "    @counted\n" + HANDLE_EVENTS_DEF),
-)
 
 
 def handle_events_aliased(text: str) -> str:

@@ -47,9 +47,11 @@ from h2fix._probe import H2Client, Response, free_port
 from h2fix._probe import serving as serving_command
 from support.edits import (
     Edit,
+    handle_events_decorated,
     in_method,
     match_case_dispatch,
     method_text,
+    protocol_rebound_to_subclass,
     replace_once,
     replacing,
 )
@@ -391,37 +393,6 @@ def overridden_in_subclass(name: str) -> Edit:
     return edit
 
 
-def protocol_rebound_to_subclass(text: str) -> str:
-    override = method_text(text, "_handle_events")
-    return (
-        text
-        + "\n\nclass _TracedH2Protocol(H2Protocol):\n"
-        + override.rstrip("\n")
-        + "\n\n\nH2Protocol = _TracedH2Protocol  # type: ignore[misc]\n"
-    )
-
-
-DECORATOR = '''def counted(
-    method: Callable[..., Awaitable[None]],
-) -> Callable[..., Awaitable[None]]:
-    """Counts a protocol method's calls (for the worker's metrics)."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: object, **kwargs: object) -> None:
-        wrapper.calls += 1  # type: ignore[attr-defined]
-        await method(*args, **kwargs)
-
-    wrapper.calls = 0  # type: ignore[attr-defined]
-    return wrapper
-
-
-class H2Protocol:
-'''
-handle_events_decorated = replacing(
-    (TYPING_IMPORT, "import functools\n" + TYPING_IMPORT),
-    (CLASS_HEAD, DECORATOR),
-    (HANDLE_EVENTS_DEF, "    @counted\n" + HANDLE_EVENTS_DEF),
-)
 REFUSE_METHOD = (
     "    async def _refuse_stream(self, stream_id: int) -> None:\n"
     "        self.connection.reset_stream(stream_id)\n"

@@ -73,3 +73,43 @@ def _handle_events_as_match(method: str) -> str:
 
 #: _handle_events' dispatch as a match statement, one `case <Event>():` per branch.
 match_case_dispatch = in_method("_handle_events", _handle_events_as_match)
+
+
+# --- which definition runs: shapes shared by the corpora (anchors of Hypercorn 0.17.3) -------
+
+_HANDLE_EVENTS_DEF = "    async def _handle_events(self, events: List[h2.events.Event]) -> None:\n"
+_CLASS_HEAD = "class H2Protocol:\n"
+_TYPING_IMPORT = "from typing import Awaitable,"
+
+
+def protocol_rebound_to_subclass(text: str) -> str:
+    override = method_text(text, "_handle_events")
+    return (
+        text
+        + "\n\nclass _TracedH2Protocol(H2Protocol):\n"
+        + override.rstrip("\n")
+        + "\n\n\nH2Protocol = _TracedH2Protocol  # type: ignore[misc]\n"
+    )
+
+
+DECORATOR = '''def counted(
+    method: Callable[..., Awaitable[None]],
+) -> Callable[..., Awaitable[None]]:
+    """Counts a protocol method's calls (for the worker's metrics)."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: object, **kwargs: object) -> None:
+        wrapper.calls += 1  # type: ignore[attr-defined]
+        await method(*args, **kwargs)
+
+    wrapper.calls = 0  # type: ignore[attr-defined]
+    return wrapper
+
+
+class H2Protocol:
+'''
+handle_events_decorated = replacing(
+    (_TYPING_IMPORT, "import functools\n" + _TYPING_IMPORT),
+    (_CLASS_HEAD, DECORATOR),
+    (_HANDLE_EVENTS_DEF, "    @counted\n" + _HANDLE_EVENTS_DEF),
+)
