@@ -360,20 +360,10 @@ def _handed_the_event(node: cst.CSTNode, subject: str, receiver: str) -> set[str
 # --- the fix -----------------------------------------------------------------------
 
 
-def _resets(node: cst.CSTNode) -> bool:
-    """Whether anything under `node` calls `<object>.reset_stream(...)`."""
-    return any(
-        isinstance(child, cst.Call)
-        and (call := method_call(child)) is not None
-        and call[1] == _RESET
-        for child in walk(node)
-    )
-
-
 def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutcome]:
     branches = find_branches(tree, NAME, (REQUEST,))
     if not branches:
-        if names_any(tree, (REQUEST,)) and _resets(tree):
+        if names_any(tree, (REQUEST,)) and calls_named(tree, _RESET):
             raise UnrecognisedStructureError(
                 NAME,
                 "<module>",
@@ -382,8 +372,8 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
             )
         return tree, FixOutcome(NAME, Outcome.NOT_APPLICABLE, f"this module handles no {REQUEST}")
     branch = only_branch(NAME, REQUEST, branches)
-    if not _resets(branch.node.body):
-        if _resets(tree):
+    if not calls_named(branch.node.body, _RESET):
+        if calls_named(tree, _RESET):
             # A reset elsewhere (a helper the branch calls, say) may be the one that answers
             # a request in shutdown: the fix cannot see it, so it cannot say there is none.
             raise UnrecognisedStructureError(

@@ -495,7 +495,8 @@ class _Proof:
         """The module closes the connection only where the fix knows: at the limit (which
         becomes the first GOAWAY) and once idle. Another close (a cap in `_create_stream`,
         say) would still cut the responses in flight while the fix reports them saved."""
-        others = [c for c in _closes(self.module) if c is not close and c not in _closes(idle_if)]
+        known = [close, *calls_named(idle_if, _CLOSE)]  # once, not once per close
+        others = [c for c in calls_named(self.module, _CLOSE) if not any(c is k for k in known)]
         if others:
             raise Refusal(
                 f"no {_CLOSE}() but the one at the limit and the one once idle (another "
@@ -683,7 +684,7 @@ def _closes_once_idle_over_a_limit(closed: list[Branch]) -> bool:
         if (
             isinstance(node, cst.If)
             and any(isinstance(n, cst.Comparison) for n in walk(node.test))
-            and _closes(node.body)
+            and calls_named(node.body, _CLOSE)
         ):
             return True
     return False
@@ -710,18 +711,10 @@ def _closing_helper(request: Branch) -> str | None:
             helper = methods.get(call[1])
             if helper is None:
                 continue
-            if _closes(helper):
+            if calls_named(helper, _CLOSE):
                 return identifier(helper.name)
             pending.append(helper.body)
     return None
-
-
-def _closes(node: cst.CSTNode) -> list[cst.Call]:
-    return [
-        child
-        for child in walk(node)
-        if isinstance(child, cst.Call) and (m := method_call(child)) is not None and m[1] == _CLOSE
-    ]
 
 
 # --- the fix -----------------------------------------------------------------------
@@ -734,7 +727,7 @@ def fix(tree: cst.Module, environment: Environment) -> tuple[cst.Module, FixOutc
     if not requests:
         return tree, FixOutcome(NAME, Outcome.NOT_APPLICABLE, f"this module handles no {REQUEST}")
     request = only_branch(NAME, REQUEST, requests)
-    closes = _closes(request.node.body)
+    closes = calls_named(request.node.body, _CLOSE)
     closed = [b for b in branches if b.event == CLOSED]
     if not closes:
         if _closes_once_idle_over_a_limit(closed):
