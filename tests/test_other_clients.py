@@ -23,7 +23,6 @@ import dataclasses
 import json
 import re
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterator
@@ -41,7 +40,12 @@ from support.grpc_app import NOT_FOUND, frame
 from support.releases import unpacked
 from support.servers import running_server
 from support.tools import tool
-from support.versions import BEFORE_310, DEFAULT_PYTHON, needs_anycorn, needs_hypercorn_018
+from support.versions import (
+    needs_anycorn,
+    needs_anycorn_020,
+    needs_hypercorn_018,
+    wheel_on_default_python,
+)
 
 pytestmark = pytest.mark.server
 
@@ -66,19 +70,6 @@ FAULT_MARKERS = ("Traceback", "KeyError", "TooManyStreamsError", "Exception in",
 NO_LIMIT = ("--keep-alive-max-requests", "1000000")
 LIMIT = 10
 
-needs_anycorn_020 = pytest.mark.skipif(
-    BEFORE_310,
-    reason="anycorn 0.20.1 requires Python >= 3.10, as does 0.18.7 (not installed here), "
-    "whose dependencies it runs on",
-)
-# Releases served from a downloaded wheel add a server start each; what a client sees from
-# them is the same on every Python, so CI's other Pythons leave them out.
-on_default_python = pytest.mark.skipif(
-    sys.version_info[:2] != DEFAULT_PYTHON,
-    reason="other clients against wheels other than the installed release run on CI's "
-    "default Python 3.11 only (the installed Hypercorn 0.17.3 is served on every Python)",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class Release:
@@ -96,7 +87,7 @@ class Release:
         if self.version is None:
             return [needs_anycorn] if self.target == "anycorn" else []
         needs = needs_hypercorn_018 if self.target == "hypercorn" else needs_anycorn_020
-        return [pytest.mark.network, needs, on_default_python]
+        return [pytest.mark.network, needs, wheel_on_default_python]
 
 
 def rows(*releases: Release) -> list[Any]:

@@ -39,7 +39,7 @@ from support.frames import MAX_STREAM_ID, FrameReader, Frames
 from support.grpc_app import frame, unframe
 from support.releases import unpacked
 from support.servers import WITH_FIX, running_server
-from support.versions import BEFORE_310, needs_hypercorn_018
+from support.versions import needs_anycorn_020, needs_hypercorn_018
 from support.versions import wheel_on_default_python as ON_DEFAULT
 
 pytestmark = pytest.mark.server
@@ -65,11 +65,6 @@ class Server:
 
 
 # Unpacked, as 0.18.0 is; it runs on the dependencies the installed anycorn 0.18.7 brings.
-needs_anycorn_020 = pytest.mark.skipif(
-    BEFORE_310,
-    reason="anycorn 0.20.1 requires Python >= 3.10, as does 0.18.7 (not installed here), "
-    "whose dependencies it runs on",
-)
 
 
 def row(target: str, version: str | None, worker_class: str, *marks: Any) -> Any:
