@@ -377,3 +377,50 @@ def test_trailers_named_without_a_branch_is_refused() -> None:
 def test_unknown_fix_name() -> None:
     with pytest.raises(h2fix.UnknownFixError, match="trailers"):
         h2fix.rewrite("", ["nope"])
+
+
+BUGGY = REWRITES["hypercorn-0.17"][0]
+CONNECTION = "        self.connection = h2.connection.H2Connection()\n"
+
+# "Applied" while still broken: the objects the end-of-body branch shows, or the connection
+# the trailers go on, are not the ones the send task and the flush use, so copying the steps
+# or ending the stream repairs nothing. (source, words the refusal expects)
+NOT_THE_SEND_TASKS = {
+    "end-of-body-unblocks-a-tree-holding-no-stream": (
+        module(BUGGY).replace("self.priority.insert_stream", "self.other_tree.insert_stream"),
+        "streams inserted in self.priority",
+    ),
+    "end-of-body-sets-an-event-nobody-waits-on": (
+        module(BUGGY).replace("await self.has_data.wait()", "await self.other_event.wait()"),
+        "self.has_data.wait() somewhere in the class",
+    ),
+    "end-of-body-drains-buffers-no-stream-has": (
+        module(BUGGY).replace(
+            "self.stream_buffers[request.stream_id] = StreamBuffer()",
+            "self.other_buffers[request.stream_id] = StreamBuffer()",
+        ),
+        "the buffers the end-of-body branch drains must be the ones streams are given",
+    ),
+    "trailers-on-a-connection-nobody-flushes": (
+        module(BUGGY.replace("self.connection.send_headers", "self.upgrade.send_headers")).replace(
+            CONNECTION, CONNECTION + "        self.upgrade = h2.connection.H2Connection()\n"
+        ),
+        "sends self.upgrade.data_to_send()",
+    ),
+    "trailers-never-flushed": (
+        module(BUGGY).replace(
+            "headers)\n                await self._flush()\n", "headers)\n                pass\n", 1
+        ),
+        "after the send in the branch",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"), NOT_THE_SEND_TASKS.values(), ids=NOT_THE_SEND_TASKS.keys()
+)
+def test_objects_not_the_send_tasks_are_refused(source: str, expected: str) -> None:
+    with pytest.raises(UnrecognisedStructureError) as caught:
+        h2fix.rewrite(source, ["trailers"])
+    assert expected in caught.value.expected
+    assert caught.value.where == "H2Protocol.stream_send"
